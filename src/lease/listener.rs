@@ -1,0 +1,188 @@
+//! The break listener: drains the signal self-pipe, routes each break to its lease,
+//! rescans all leases with `F_GETLEASE` after a signal-queue overflow, and watches
+//! break deadlines for forced breaks.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use tokio::io::unix::AsyncFd;
+
+use super::engine::Inner;
+use super::entry::{Entry, LeaseKind, LeaseState};
+use super::{LeaseEvent, config};
+use crate::sys::lease::{self as raw, RawLease};
+use crate::sys::signal::{self, RESCAN_MARK};
+
+/// Slack after the deadline before checking for a forced break.
+const FORCED_SLACK: Duration = Duration::from_millis(20);
+
+/// True when `F_GETLEASE` shows a break pending (or done) on a lease of `kind`.
+pub(crate) fn break_pending(kind: LeaseKind, now: RawLease) -> bool {
+    match kind {
+        LeaseKind::Read => now == RawLease::Unlocked,
+        LeaseKind::Write => now != RawLease::Write,
+    }
+}
+
+pub(crate) async fn run(weak: Weak<Inner>, pipe: AsyncFd<OwnedFd>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let Ok(mut guard) = pipe.readable().await else {
+            return;
+        };
+        let mut fds = Vec::new();
+        let mut marked = false;
+        loop {
+            match nix::unistd::read(pipe.get_ref().as_fd(), &mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    for w in buf[..n].chunks_exact(4) {
+                        let word = i32::from_ne_bytes([w[0], w[1], w[2], w[3]]);
+                        if word == RESCAN_MARK {
+                            marked = true;
+                        } else {
+                            fds.push(word);
+                        }
+                    }
+                }
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => {
+                    guard.clear_ready();
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!("lease signal pipe read failed: {e}; listener stops");
+                    return;
+                }
+            }
+        }
+        let rescan = signal::take_rescan() || marked;
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        let arrived = Instant::now();
+        let deadline = arrived + config::lease_break_time();
+        for fd in fds {
+            let entry = inner.table.lock().by_fd.get(&fd).cloned();
+            match entry {
+                Some(entry) => deliver(&inner, &entry, arrived, deadline, false),
+                None => {
+                    // A lease closed since, or a stale fd number.
+                    inner.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if rescan {
+            rescan_all(&inner, arrived, deadline);
+        }
+    }
+}
+
+fn rescan_all(inner: &Arc<Inner>, arrived: Instant, deadline: Instant) {
+    inner.counters.rescans.fetch_add(1, Ordering::Relaxed);
+    let entries: Vec<Arc<Entry>> = inner.table.lock().by_fd.values().cloned().collect();
+    tracing::debug!(
+        leases = entries.len(),
+        "rescanning leases after a signal overflow"
+    );
+    for entry in entries {
+        deliver(inner, &entry, arrived, deadline, true);
+    }
+}
+
+/// Delivers a break of `entry` if it is held and `F_GETLEASE` confirms a pending break:
+/// at most once per break, whichever path (signal or rescan) finds it first.
+fn deliver(
+    inner: &Arc<Inner>,
+    entry: &Arc<Entry>,
+    arrived: Instant,
+    deadline: Instant,
+    via_rescan: bool,
+) {
+    let mut st = entry.state.lock();
+    if st.state != LeaseState::Held {
+        if !via_rescan {
+            inner.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+        }
+        return;
+    }
+    match raw::get_lease(entry.fd.as_fd()) {
+        Ok(now) if break_pending(entry.kind, now) => {}
+        Ok(_) => {
+            if !via_rescan {
+                inner.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(file = %entry.id, "F_GETLEASE failed: {e}");
+            return;
+        }
+    }
+    st.generation += 1;
+    let generation = st.generation;
+    st.state = LeaseState::Breaking { arrived, deadline };
+    drop(st);
+    inner.counters.breaks.fetch_add(1, Ordering::Relaxed);
+    if via_rescan {
+        inner
+            .counters
+            .breaks_via_rescan
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    tracing::debug!(file = %entry.id, via_rescan, "lease break");
+    inner.emit(LeaseEvent::Broken {
+        file: entry.id,
+        path: entry.path.clone(),
+        arrived,
+        deadline,
+        via_rescan,
+    });
+    inner.rt.spawn(watch_deadline(
+        Arc::downgrade(inner),
+        Arc::downgrade(entry),
+        arrived,
+        deadline,
+        generation,
+    ));
+}
+
+/// At the deadline, if the break is still unreleased, the kernel has broken (or, for a
+/// write lease broken by a reader, downgraded) the lease: report it as forced.
+async fn watch_deadline(
+    inner: Weak<Inner>,
+    entry: Weak<Entry>,
+    arrived: Instant,
+    deadline: Instant,
+    generation: u64,
+) {
+    tokio::time::sleep_until((deadline + FORCED_SLACK).into()).await;
+    let (Some(inner), Some(entry)) = (inner.upgrade(), entry.upgrade()) else {
+        return;
+    };
+    let mut st = entry.state.lock();
+    if st.generation != generation || !matches!(st.state, LeaseState::Breaking { .. }) {
+        return;
+    }
+    match raw::get_lease(entry.fd.as_fd()) {
+        Ok(now) if now == entry.kind.raw() => return,
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(file = %entry.id, "F_GETLEASE at the deadline failed: {e}");
+            return;
+        }
+    }
+    st.state = LeaseState::Forced { arrived };
+    drop(st);
+    inner.counters.forced.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(file = %entry.id, "lease break forced by the kernel");
+    inner.emit(LeaseEvent::Forced {
+        file: entry.id,
+        path: entry.path.clone(),
+        arrived,
+        detected: Instant::now(),
+    });
+}

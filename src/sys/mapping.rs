@@ -1,0 +1,244 @@
+use std::num::NonZeroUsize;
+use std::os::fd::AsFd;
+use std::ptr::NonNull;
+
+use nix::errno::Errno;
+use nix::sys::mman::{MapFlags, MsFlags, ProtFlags, mmap, mmap_anonymous, msync, munmap};
+use nix::unistd::{SysconfVar, sysconf};
+
+use super::error::{SysError, SysResult};
+
+/// How a mapping may be accessed by the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protection {
+    /// `PROT_READ`.
+    Read,
+    /// `PROT_READ | PROT_WRITE`.
+    ReadWrite,
+}
+
+impl Protection {
+    fn flags(self) -> ProtFlags {
+        match self {
+            Protection::Read => ProtFlags::PROT_READ,
+            Protection::ReadWrite => ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+        }
+    }
+}
+
+/// A memory mapping owned by this process: a `MAP_SHARED` window on a file range, or
+/// anonymous private memory. Unmapped on drop.
+///
+/// The memory may change underneath at any time (an RDMA device writes into it, another
+/// process writes the file), so it is never handed out as a Rust slice; use
+/// [`Mapping::read_at`] and [`Mapping::write_at`], which copy.
+///
+/// Touching a file mapping beyond the file's end raises `SIGBUS`; callers keep the file
+/// from shrinking (filemr holds a lease) while the mapping is in use.
+pub struct Mapping {
+    base: NonNull<u8>,
+    map_len: usize,
+    /// Offset of the caller's first byte inside the mapping (file offsets need not be
+    /// page aligned).
+    head: usize,
+    len: usize,
+    file_backed: bool,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; access goes through copies.
+unsafe impl Send for Mapping {}
+// SAFETY: as above: `read_at`/`write_at` copy; concurrent copies are at worst torn, which
+// is what shared memory written by a device or another process gives anyway.
+unsafe impl Sync for Mapping {}
+
+impl std::fmt::Debug for Mapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mapping")
+            .field("addr", &self.as_ptr())
+            .field("len", &self.len)
+            .field("file_backed", &self.file_backed)
+            .finish()
+    }
+}
+
+/// The system page size.
+pub fn page_size() -> usize {
+    match sysconf(SysconfVar::PAGE_SIZE) {
+        Ok(Some(n)) if n > 0 => n as usize,
+        _ => 4096,
+    }
+}
+
+impl Mapping {
+    /// Map `len` bytes of the file behind `fd` at `offset`, `MAP_SHARED`.
+    pub fn file(fd: impl AsFd, offset: u64, len: usize, prot: Protection) -> SysResult<Mapping> {
+        let detail = || format!("offset {offset} len {len} {prot:?}");
+        let page = page_size() as u64;
+        let aligned = offset - offset % page;
+        let head = (offset - aligned) as usize;
+        let map_len = len
+            .checked_add(head)
+            .and_then(NonZeroUsize::new)
+            .filter(|_| len > 0)
+            .ok_or_else(|| SysError::new("mmap", Errno::EINVAL, detail()))?;
+        let file_off = i64::try_from(aligned)
+            .map_err(|_| SysError::new("mmap", Errno::EOVERFLOW, detail()))?;
+        // SAFETY: a fresh MAP_SHARED mapping chosen by the kernel (no address hint) cannot
+        // alias any Rust object; the fd is borrowed only for the call.
+        let base = unsafe {
+            mmap(
+                None,
+                map_len,
+                prot.flags(),
+                MapFlags::MAP_SHARED,
+                fd,
+                file_off,
+            )
+        }
+        .map_err(|e| SysError::new("mmap", e, detail()))?;
+        Ok(Mapping {
+            base: base.cast(),
+            map_len: map_len.get(),
+            head,
+            len,
+            file_backed: true,
+        })
+    }
+
+    /// Map `len` bytes of zeroed anonymous private memory.
+    pub fn anonymous(len: usize) -> SysResult<Mapping> {
+        let map_len = NonZeroUsize::new(len)
+            .ok_or_else(|| SysError::new("mmap", Errno::EINVAL, "anonymous len 0"))?;
+        // SAFETY: a fresh anonymous mapping chosen by the kernel aliases nothing.
+        let base = unsafe {
+            mmap_anonymous(
+                None,
+                map_len,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_PRIVATE,
+            )
+        }
+        .map_err(|e| SysError::new("mmap", e, format!("anonymous len {len}")))?;
+        Ok(Mapping {
+            base: base.cast(),
+            map_len: len,
+            head: 0,
+            len,
+            file_backed: false,
+        })
+    }
+
+    /// Address of the first byte the caller asked for.
+    pub fn as_ptr(&self) -> *mut u8 {
+        // SAFETY: `head < map_len`, so the result stays inside the mapping.
+        unsafe { self.base.as_ptr().add(self.head) }
+    }
+
+    /// Length in bytes the caller asked for.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the mapping is empty (never true: zero-length mappings are refused).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether this maps a file (`MAP_SHARED`) rather than anonymous memory.
+    pub fn is_file_backed(&self) -> bool {
+        self.file_backed
+    }
+
+    fn check(&self, off: usize, n: usize, what: &'static str) -> SysResult<()> {
+        match off.checked_add(n) {
+            Some(end) if end <= self.len => Ok(()),
+            _ => Err(SysError::new(
+                what,
+                Errno::ERANGE,
+                format!("range {off}+{n} outside mapping of {} bytes", self.len),
+            )),
+        }
+    }
+
+    /// Copy bytes out of the mapping, starting `off` bytes in.
+    pub fn read_at(&self, off: usize, buf: &mut [u8]) -> SysResult<()> {
+        self.check(off, buf.len(), "read_at")?;
+        // SAFETY: the range was bounds-checked; `buf` is a distinct Rust buffer.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.as_ptr().add(off), buf.as_mut_ptr(), buf.len())
+        };
+        Ok(())
+    }
+
+    /// Copy bytes into the mapping, starting `off` bytes in.
+    pub fn write_at(&self, off: usize, data: &[u8]) -> SysResult<()> {
+        self.check(off, data.len(), "write_at")?;
+        // SAFETY: bounds-checked; the mapping is writable for anonymous memory and for file
+        // mappings made with `ReadWrite` (a read-only one faults: callers choose prot).
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.as_ptr().add(off), data.len()) };
+        Ok(())
+    }
+
+    /// `msync(MS_SYNC)` the whole mapping: file data written through it reaches the file.
+    pub fn sync(&self) -> SysResult<()> {
+        // SAFETY: base/map_len describe exactly the live mapping.
+        unsafe { msync(self.base.cast(), self.map_len, MsFlags::MS_SYNC) }
+            .map_err(|e| SysError::new("msync", e, format!("len {}", self.len)))
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: base/map_len are exactly what mmap returned; nothing borrows the memory
+        // (memory regions over it hold an Arc to this value and are dropped first).
+        if let Err(e) = unsafe { munmap(self.base.cast(), self.map_len) } {
+            tracing::error!(error = %e, "munmap failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn file_mapping_at_unaligned_offset_reads_and_writes_file() {
+        let path = std::env::temp_dir().join(format!("filemr-map-{}", std::process::id()));
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let data: Vec<u8> = (0..3 * 4096u32).map(|i| (i % 251) as u8).collect();
+        f.write_all(&data).unwrap();
+        let m = Mapping::file(&f, 4100, 5000, Protection::ReadWrite).unwrap();
+        let mut buf = vec![0; 5000];
+        m.read_at(0, &mut buf).unwrap();
+        assert_eq!(buf, data[4100..9100]);
+        m.write_at(10, b"hello").unwrap();
+        m.sync().unwrap();
+        let back = std::fs::read(&path).unwrap();
+        assert_eq!(&back[4110..4115], b"hello");
+        assert_eq!(
+            m.read_at(4999, &mut [0; 2]).unwrap_err().errno,
+            Errno::ERANGE
+        );
+        assert_eq!(
+            Mapping::file(&f, 0, 0, Protection::Read).unwrap_err().errno,
+            Errno::EINVAL
+        );
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn anonymous_mapping_is_zeroed() {
+        let m = Mapping::anonymous(8192).unwrap();
+        let mut buf = vec![1; 8192];
+        m.read_at(0, &mut buf).unwrap();
+        assert!(buf.iter().all(|b| *b == 0));
+        assert!(!m.is_file_backed());
+    }
+}

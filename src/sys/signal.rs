@@ -1,0 +1,196 @@
+//! The process-wide lease signal handler.
+//!
+//! A lease break is signalled to the *process*: the kernel picks any thread that does not
+//! block the signal. A library inside a multi-threaded tokio runtime cannot make every
+//! thread block it (which a `signalfd` would need), so this module installs an
+//! `SA_SIGINFO` handler instead. The handler only performs async-signal-safe work: it
+//! writes the break's `si_fd` (4 bytes, atomic for a pipe) into a non-blocking self-pipe
+//! that the listener reads with tokio. A plain `SIGIO` (what the kernel sends when the
+//! real-time signal queue is full), a real-time signal sent by a user (`kill`,
+//! `sigqueue`: no `si_fd`), or a full pipe sets the `RESCAN` flag instead, and the
+//! listener then checks every lease with `F_GETLEASE`.
+//!
+//! This is the one piece of global state the lease layer needs: signal dispositions are
+//! per process. Once installed the handlers stay installed (restoring the default action
+//! of a real-time signal or `SIGIO` would let a late break kill the process); with no
+//! listener attached they only count.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
+
+use nix::errno::Errno;
+
+/// Written into the pipe when a rescan is needed (never a valid fd).
+pub(crate) const RESCAN_MARK: i32 = -1;
+
+static PIPE_WR: AtomicI32 = AtomicI32::new(-1);
+static LEASE_SIG: AtomicI32 = AtomicI32::new(0);
+static IN_HANDLER: AtomicUsize = AtomicUsize::new(0);
+static CLAIMED: AtomicBool = AtomicBool::new(false);
+static RESCAN: AtomicBool = AtomicBool::new(false);
+static INSTALLED_SIG: AtomicI32 = AtomicI32::new(0);
+static N_LEASE_SIGNALS: AtomicU64 = AtomicU64::new(0);
+static N_SIGIO: AtomicU64 = AtomicU64::new(0);
+static N_PIPE_FULL: AtomicU64 = AtomicU64::new(0);
+
+/// The `siginfo_t` prefix the kernel fills for `SIGPOLL`-style signals (`F_SETSIG`).
+/// `repr(C)` gives the same layout as glibc's union member on 32- and 64-bit targets.
+#[repr(C)]
+struct SigPollInfo {
+    si_signo: libc::c_int,
+    si_errno: libc::c_int,
+    si_code: libc::c_int,
+    si_band: libc::c_long,
+    si_fd: libc::c_int,
+}
+
+/// Counters kept by the handler (process-wide, since the handler is).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct HandlerCounts {
+    /// Lease signals that carried an `si_fd`.
+    pub lease_signals: u64,
+    /// Plain `SIGIO`s and fd-less lease signals: the overflow path.
+    pub sigio: u64,
+    /// Times the pipe was full.
+    pub pipe_full: u64,
+}
+
+pub(crate) fn counts() -> HandlerCounts {
+    HandlerCounts {
+        lease_signals: N_LEASE_SIGNALS.load(Ordering::Relaxed),
+        sigio: N_SIGIO.load(Ordering::Relaxed),
+        pipe_full: N_PIPE_FULL.load(Ordering::Relaxed),
+    }
+}
+
+/// Clears and returns the rescan flag.
+pub(crate) fn take_rescan() -> bool {
+    RESCAN.swap(false, Ordering::AcqRel)
+}
+
+fn write_word(fd: i32, word: i32) -> bool {
+    let bytes = word.to_ne_bytes();
+    // SAFETY: write(2) is async-signal-safe; the buffer is a live 4-byte local. The fd
+    // is the pipe's write end, kept open until `IN_HANDLER` drops to zero (see
+    // `SignalSlot::drop`).
+    let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+    n == bytes.len() as isize
+}
+
+/// `(si_code, si_fd)` of a siginfo filled for a `SIGPOLL`-style signal.
+fn poll_fields(info: &libc::siginfo_t) -> (libc::c_int, libc::c_int) {
+    let p = (info as *const libc::siginfo_t).cast::<SigPollInfo>();
+    // SAFETY: SigPollInfo is a prefix of the kernel's siginfo_t layout (which is 128
+    // bytes), so the read stays inside `info`.
+    unsafe { ((*p).si_code, (*p).si_fd) }
+}
+
+/// `si_fd` of a signal sent because of `F_SETSIG` (meaningless for other signals).
+pub(crate) fn si_fd(info: &libc::siginfo_t) -> libc::c_int {
+    poll_fields(info).1
+}
+
+extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    IN_HANDLER.fetch_add(1, Ordering::SeqCst);
+    let saved_errno = Errno::last_raw();
+    let fd = PIPE_WR.load(Ordering::SeqCst);
+    let mut routed = false;
+    if sig == LEASE_SIG.load(Ordering::Relaxed) && !info.is_null() {
+        // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler.
+        // si_code > 0 means the kernel filled the SIGPOLL fields (si_band, si_fd);
+        // user-sent signals have si_code <= 0.
+        let (code, si_fd) = poll_fields(unsafe { &*info });
+        if code > 0 && si_fd >= 0 {
+            N_LEASE_SIGNALS.fetch_add(1, Ordering::Relaxed);
+            routed = true;
+            if fd >= 0 && !write_word(fd, si_fd) {
+                N_PIPE_FULL.fetch_add(1, Ordering::Relaxed);
+                // A full pipe wakes the listener anyway; it rescans after draining.
+                RESCAN.store(true, Ordering::Release);
+            }
+        }
+    }
+    if !routed {
+        N_SIGIO.fetch_add(1, Ordering::Relaxed);
+        RESCAN.store(true, Ordering::Release);
+        if fd >= 0 && !write_word(fd, RESCAN_MARK) {
+            N_PIPE_FULL.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    Errno::set_raw(saved_errno);
+    IN_HANDLER.fetch_sub(1, Ordering::SeqCst);
+}
+
+fn install(sig: libc::c_int) -> Result<(), Errno> {
+    // SAFETY: an all-zero sigaction is a valid starting value (empty mask, no flags).
+    let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+    sa.sa_sigaction = on_signal as *const () as usize;
+    sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+    // SAFETY: sa.sa_mask is a valid sigset_t owned by us.
+    unsafe { libc::sigemptyset(&mut sa.sa_mask) };
+    // SAFETY: `sa` is fully initialised, the old-action pointer may be null, and the
+    // handler only does async-signal-safe work (atomics and write(2)).
+    let rc = unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) };
+    Errno::result(rc).map(drop)
+}
+
+/// The claim on the process's lease signal: at most one exists at a time. Dropping it
+/// detaches the pipe (the handlers stay installed and just count).
+#[derive(Debug)]
+pub(crate) struct SignalSlot {
+    wr: Option<OwnedFd>,
+}
+
+/// Why the slot could not be claimed.
+#[derive(Debug)]
+pub(crate) enum ClaimError {
+    /// Another listener is attached in this process.
+    Busy,
+    /// A different lease signal was installed by an earlier listener.
+    SignalChanged,
+    /// `sigaction` failed.
+    Sys(Errno),
+}
+
+impl SignalSlot {
+    /// Installs the handler for `sig` and `SIGIO` (once per process) and attaches `wr`,
+    /// the non-blocking write end of the listener's pipe.
+    pub(crate) fn claim(sig: libc::c_int, wr: OwnedFd) -> Result<SignalSlot, ClaimError> {
+        if CLAIMED
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(ClaimError::Busy);
+        }
+        let release = || CLAIMED.store(false, Ordering::Release);
+        let installed = INSTALLED_SIG.load(Ordering::Acquire);
+        if installed != 0 && installed != sig {
+            release();
+            return Err(ClaimError::SignalChanged);
+        }
+        LEASE_SIG.store(sig, Ordering::Release);
+        if installed == 0 {
+            if let Err(e) = install(libc::SIGIO).and_then(|()| install(sig)) {
+                release();
+                return Err(ClaimError::Sys(e));
+            }
+            INSTALLED_SIG.store(sig, Ordering::Release);
+        }
+        RESCAN.store(false, Ordering::Release);
+        PIPE_WR.store(wr.as_raw_fd(), Ordering::SeqCst);
+        Ok(SignalSlot { wr: Some(wr) })
+    }
+}
+
+impl Drop for SignalSlot {
+    fn drop(&mut self) {
+        PIPE_WR.store(-1, Ordering::SeqCst);
+        // A handler that loaded the old fd may still be writing to it: wait until no
+        // handler runs before closing, so the fd number cannot be reused under it.
+        while IN_HANDLER.load(Ordering::SeqCst) != 0 {
+            std::hint::spin_loop();
+        }
+        drop(self.wr.take());
+        CLAIMED.store(false, Ordering::Release);
+    }
+}

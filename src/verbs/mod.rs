@@ -1,0 +1,27 @@
+//! Safe wrapper over libibverbs, the only place that touches the `rdma-sys` FFI crate.
+//!
+//! Ownership mirrors the verbs object graph: a [`Context`] is an open device; a
+//! [`ProtectionDomain`] keeps its context alive; a [`MemoryRegion`], [`MemoryWindow`] and
+//! [`QueuePair`] keep their protection domain alive; everything is released on `Drop`
+//! in the right order. Every failing verb becomes a [`VerbsError`] naming the verb and the
+//! errno.
+
+mod access;
+mod async_event;
+mod cq;
+mod device;
+mod error;
+mod mr;
+mod mw;
+mod pd;
+mod qp;
+
+pub use access::Access;
+pub use async_event::{AsyncEvent, AsyncEvents};
+pub use cq::{CompletionQueue, WcStatus, WorkCompletion};
+pub use device::{Context, DeviceCaps, OdpCaps, PortInfo, device_names};
+pub use error::{VerbsError, VerbsResult};
+pub use mr::MemoryRegion;
+pub use mw::{MemoryWindow, MwType};
+pub use pd::ProtectionDomain;
+pub use qp::{QueuePair, RemoteBuf};

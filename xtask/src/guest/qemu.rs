@@ -1,0 +1,97 @@
+//! Booting one guest under qemu (TCG, isolated hub NIC, no user-mode network) with a
+//! bounded run time.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::initramfs;
+use super::kernels::{KernelSpec, Prepared};
+use crate::Result;
+
+/// Longest a guest may run before it is killed.
+const GUEST_TIMEOUT: Duration = Duration::from_secs(600);
+
+const SETUP: &str = include_str!("setup.sh");
+
+/// Boot `k`, run `script` (as `/tmp/out/run.sh` inside the chroot) and return the console.
+pub fn boot(
+    spec: &KernelSpec,
+    k: &Prepared,
+    work: &Path,
+    out: &Path,
+    script: &str,
+) -> Result<String> {
+    let initrd = initramfs::build(k, work)?;
+    let env = format!(
+        "export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp RUST_BACKTRACE=1\n\
+         export FILEMR_RXE_DEVICE=rxe0 FILEMR_DAX_DIR=/tmp/dax FILEMR_PAGECACHE_DIR=/tmp/pc FILEMR_XFS_DAX_DIR=/tmp/xdax\n\
+         export FILEMR_EXPECT_ODP={} FILEMR_GUEST_PROFILE={}\ncd /tmp\n",
+        if spec.expect_odp { "yes" } else { "no" },
+        spec.id
+    );
+    std::fs::write(out.join("setup.sh"), SETUP).map_err(|e| e.to_string())?;
+    std::fs::write(out.join("run.sh"), env + script).map_err(|e| e.to_string())?;
+    let console = work.join("console.log");
+    let _ = std::fs::remove_file(&console);
+    let mut child = Command::new("qemu-system-x86_64")
+        .args([
+            "-accel",
+            "tcg",
+            "-m",
+            "3G",
+            "-smp",
+            "2",
+            "-nodefaults",
+            "-no-reboot",
+            "-display",
+            "none",
+        ])
+        .arg("-kernel")
+        .arg(&k.vmlinuz)
+        .arg("-initrd")
+        .arg(&initrd)
+        .arg("-append")
+        .arg("console=ttyS0 panic=-1 loglevel=4 memmap=256M!1G memmap=256M!1280M memmap=320M!1536M")
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .args([
+            "-virtfs",
+            "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        ])
+        .arg("-virtfs")
+        .arg(format!(
+            "local,path={},mount_tag=out,security_model=none,multidevs=remap",
+            out.display()
+        ))
+        // An isolated hub with the guest's NIC alone on it: no path to any network.
+        .args([
+            "-netdev",
+            "hubport,id=n0,hubid=0",
+            "-device",
+            "virtio-net-pci,netdev=n0",
+        ])
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start qemu-system-x86_64: {e}"))?;
+    let start = Instant::now();
+    let mut last_progress = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            println!("    guest exited after {:.0?} ({status})", start.elapsed());
+            break;
+        }
+        if start.elapsed() > GUEST_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            println!("    guest killed after {GUEST_TIMEOUT:?}");
+            break;
+        }
+        if last_progress.elapsed() > Duration::from_secs(30) {
+            println!("    guest running for {:.0?}", start.elapsed());
+            last_progress = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(String::from_utf8_lossy(&std::fs::read(&console).unwrap_or_default()).into_owned())
+}

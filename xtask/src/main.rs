@@ -1,0 +1,114 @@
+//! Project automation: `cargo xtask test`, `cargo xtask demo`, `cargo xtask bench`.
+//!
+//! `test` is the project's one test command: host checks and tests, then the integration
+//! tests inside SoftRoCE guests booted under qemu (TCG) with stock Debian kernels.
+
+mod cargo;
+mod guest;
+mod packages;
+mod summary;
+mod util;
+
+use std::process::ExitCode;
+
+use summary::Tally;
+
+const USAGE: &str = "usage: cargo xtask <test|demo|bench> [--kernel bookworm|trixie-bpo]... [--guests-only]\n\
+  test   fmt + clippy + host tests, then integration tests in SoftRoCE guests\n\
+  demo   boot the guests and print device capabilities and the registration matrix\n\
+  bench  run the benchmarks in benches/ on the host\n\
+  --kernel ID    only this guest kernel (repeatable)\n\
+  --guests-only  test: skip fmt, clippy and host tests (for iterating on guest tests)";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(cmd) = args.first() else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let guests_only = args.iter().any(|a| a == "--guests-only");
+    let rest: Vec<String> = args[1..]
+        .iter()
+        .filter(|a| *a != "--guests-only")
+        .cloned()
+        .collect();
+    let kernels = match guest::kernels::select(&rest) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("xtask: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cmd.as_str() {
+        "test" => test(&kernels, guests_only),
+        "demo" => demo(&kernels),
+        "bench" => bench(),
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, String>;
+
+fn test(kernels: &[&'static guest::kernels::KernelSpec], guests_only: bool) -> Result<bool> {
+    packages::ensure()?;
+    let mut total = Tally::default();
+    if !guests_only {
+        util::step("cargo fmt --check");
+        cargo::run(&["fmt", "--all", "--check"])?;
+        util::step("cargo clippy -- -D warnings");
+        cargo::run(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])?;
+        util::step("host tests");
+        let host = cargo::host_tests()?;
+        println!("host: {}", host.line());
+        total.add(&host);
+    }
+    util::step("building integration tests for the guests");
+    let bins = cargo::integration_test_binaries()?;
+    for k in kernels {
+        let run = guest::run_tests(k, &bins)?;
+        println!(
+            "softroce {} odp={}: {}",
+            run.release,
+            if run.odp { "yes" } else { "no" },
+            run.tally.line()
+        );
+        total.add(&run.tally);
+    }
+    println!("{}", total.line());
+    Ok(total.failed == 0 && total.passed > 0)
+}
+
+fn demo(kernels: &[&'static guest::kernels::KernelSpec]) -> Result<bool> {
+    packages::ensure()?;
+    util::step("building the demo");
+    let bin = cargo::example_binary("caps_matrix")?;
+    let mut ok = true;
+    for k in kernels {
+        ok &= guest::run_demo(k, &bin)?;
+    }
+    Ok(ok)
+}
+
+fn bench() -> Result<bool> {
+    util::step("cargo bench (host)");
+    cargo::run(&["bench", "--workspace", "--benches"])?;
+    Ok(true)
+}

@@ -1,0 +1,61 @@
+//! The Debian packages the harness needs, installed when missing (as root).
+
+use std::process::Command;
+
+use crate::{Result, util};
+
+/// Packages needed on the host: qemu and image tools, and the RDMA userspace that the
+/// guests run from the host's root file system.
+pub const PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "kmod",
+    "xz-utils",
+    "e2fsprogs",
+    "xfsprogs",
+    "libibverbs-dev",
+    "librdmacm-dev",
+    "rdma-core",
+    "ibverbs-providers",
+    "ibverbs-utils",
+    "iproute2",
+    "libclang-dev",
+    "pkg-config",
+];
+
+fn missing() -> Vec<&'static str> {
+    PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            let out = Command::new("dpkg-query").args(["-W", "-f=${Status}", p]).output();
+            !matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect()
+}
+
+/// Install missing packages when root; otherwise print the command and fail.
+pub fn ensure() -> Result<()> {
+    let missing = missing();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let line = format!(
+        "apt-get install -y --no-install-recommends {}",
+        missing.join(" ")
+    );
+    if !util::is_root() {
+        return Err(format!(
+            "missing Debian packages; run as root:\n  apt-get update && {line}"
+        ));
+    }
+    util::step(&format!("installing {}", missing.join(" ")));
+    util::run(Command::new("apt-get").args(["update", "-q"]))?;
+    util::run(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing),
+    )
+}
