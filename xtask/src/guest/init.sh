@@ -16,6 +16,10 @@ mount -t 9p -o "$opts,ro" hostroot /host || fail "mount hostroot"
 mount -t tmpfs -o size=768m tmp /host/tmp || fail "tmpfs"
 mkdir -p /host/tmp/out
 mount -t 9p -o "$opts" out /host/tmp/out || fail "mount out"
+# The workspace (test binaries) at its own path, visible even when it lives under /tmp.
+repo=$(cat /host/tmp/out/repo_path)
+mkdir -p "/host$repo"
+mount -t 9p -o "$opts,ro" repo "/host$repo" || fail "mount repo $repo"
 mount -t devtmpfs devtmpfs /host/dev || fail "dev"
 mount -t proc proc /host/proc
 mount -t sysfs sysfs /host/sys

@@ -1,0 +1,8 @@
+//! Prometheus metrics of the region layer, registered in a caller-supplied
+//! [`Registry`](prometheus_client::registry::Registry) (no process-wide globals).
+//!
+//! Only the counters live here; serving them over HTTP is a later concern.
+
+mod region;
+
+pub use region::{Labels, RegionMetrics};

@@ -1,0 +1,125 @@
+//! Region events: a broadcast per manager, filtered per region on request.
+
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::broadcast;
+
+use crate::lease::GoneReason;
+
+/// Why a region was revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RevokeReason {
+    /// Another process opened or truncated the file: its lease broke.
+    LeaseBroken,
+    /// The kernel had broken the lease itself before the region was revoked.
+    KernelForced,
+}
+
+impl RevokeReason {
+    /// A short label (metrics).
+    pub fn label(self) -> &'static str {
+        match self {
+            RevokeReason::LeaseBroken => "lease_broken",
+            RevokeReason::KernelForced => "kernel_forced",
+        }
+    }
+}
+
+/// Why a region is gone for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LostReason {
+    /// The file shrank to or below the region's offset.
+    Shrunk {
+        /// The file's new length.
+        file_len: u64,
+    },
+    /// The lease will not come back (file deleted, renamed, replaced...).
+    LeaseGone(GoneReason),
+    /// Rebuilding failed with every strategy.
+    RebuildFailed(String),
+}
+
+impl LostReason {
+    /// A short label (metrics).
+    pub fn label(&self) -> &'static str {
+        match self {
+            LostReason::Shrunk { .. } => "shrunk",
+            LostReason::LeaseGone(GoneReason::Deleted) => "deleted",
+            LostReason::LeaseGone(_) => "lease_gone",
+            LostReason::RebuildFailed(_) => "rebuild_failed",
+        }
+    }
+}
+
+/// What happened to a region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RegionEventKind {
+    /// The lease broke: new guards are refused; the region is being quiesced.
+    Revoking,
+    /// The memory region is deregistered and the lease released.
+    Revoked {
+        /// Why.
+        reason: RevokeReason,
+        /// True when guards were still held at the deadline (or the kernel had already
+        /// broken the lease): the region was deregistered under them.
+        forced: bool,
+        /// Time from the lease break to the lease's release.
+        since_break: Duration,
+    },
+    /// The region is registered again with new keys.
+    Rebuilt {
+        /// New local key.
+        lkey: u32,
+        /// New remote key.
+        rkey: u32,
+        /// Address peers use with the rkey.
+        addr: u64,
+        /// Length now registered (shorter than before if the file shrank).
+        len: usize,
+        /// The new generation.
+        generation: u64,
+    },
+    /// The region is gone for good.
+    Lost {
+        /// Why.
+        reason: LostReason,
+    },
+}
+
+/// An event about one region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionEvent {
+    /// The region.
+    pub region: u64,
+    /// What happened.
+    pub kind: RegionEventKind,
+    /// Wall-clock time it happened (for `Revoked`: right after the lease's release).
+    pub at: SystemTime,
+}
+
+/// A subscription to region events (all of a manager's, or one region's).
+#[derive(Debug)]
+pub struct RegionEvents {
+    pub(crate) rx: broadcast::Receiver<RegionEvent>,
+    pub(crate) only: Option<u64>,
+}
+
+impl RegionEvents {
+    /// The next event; `None` once the manager is gone. A subscriber that fell more than
+    /// the channel's capacity behind skips the lost events (logged).
+    pub async fn recv(&mut self) -> Option<RegionEvent> {
+        loop {
+            match self.rx.recv().await {
+                Ok(ev) if self.only.is_none_or(|id| id == ev.region) => return Some(ev),
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(lost = n, "region event subscriber lagged");
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}

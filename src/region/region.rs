@@ -1,0 +1,236 @@
+//! A registered region: the handle the server holds, and the state it shares with the
+//! manager's background tasks.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use parking_lot::Mutex;
+
+use super::config::Access;
+use super::event::{RegionEvent, RegionEventKind, RegionEvents};
+use super::guard::{Guard, GuardError, GuardWord};
+use super::manager::ManagerInner;
+use super::state::RegionState;
+use super::strategy::{self, BuildError, Built, Decision, Strategy};
+use super::RegionError;
+use crate::lease::{FileId, Lease};
+
+/// A snapshot of a region's registration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionInfo {
+    /// Local key (0 while not registered).
+    pub lkey: u32,
+    /// Remote key peers use (0 while not registered).
+    pub rkey: u32,
+    /// Address peers use with the rkey (0 while not registered).
+    pub addr: u64,
+    /// Bytes registered (shorter than asked after the file shrank).
+    pub len: usize,
+    /// Starts at 1; bumped by every rebuild.
+    pub generation: u64,
+    /// The strategy and why it was chosen.
+    pub decision: Decision,
+    /// The state.
+    pub state: RegionState,
+}
+
+pub(crate) struct Slot {
+    pub(crate) live: Option<Built>,
+    pub(crate) info: RegionInfo,
+}
+
+/// What a region shares with the manager.
+pub(crate) struct RegionShared {
+    pub(crate) id: u64,
+    pub(crate) path: PathBuf,
+    pub(crate) offset: u64,
+    pub(crate) requested_len: usize,
+    pub(crate) access: Access,
+    pub(crate) dev: u64,
+    pub(crate) lease: Lease,
+    pub(crate) word: GuardWord,
+    pub(crate) slot: Mutex<Slot>,
+}
+
+impl RegionShared {
+    pub(crate) fn file(&self) -> FileId {
+        self.lease.file_id()
+    }
+
+    /// Changes the state (and the metrics).
+    pub(crate) fn set_state(&self, mgr: &ManagerInner, slot: &mut Slot, to: RegionState) {
+        let from = slot.info.state;
+        slot.info.state = to;
+        mgr.metrics.region_state(
+            slot.info.decision.strategy.label(),
+            Some(from.label()),
+            Some(to.label()),
+        );
+    }
+
+    /// Commits (if writable), deregisters and unmaps the live registration, if any.
+    pub(crate) fn tear_down(&self, mgr: &ManagerInner, slot: &mut Slot) {
+        if let Some(built) = slot.live.take() {
+            if self.access.is_writable() {
+                let len = slot.info.len;
+                if let Err(e) = strategy::commit(&built, self.lease.fd(), self.offset, 0, len) {
+                    tracing::error!(region = self.id, error = ?e, "commit before release failed");
+                }
+            }
+            mgr.metrics
+                .bytes(built.strategy.label(), -(slot.info.len as i64));
+            drop(built);
+            slot.info.lkey = 0;
+            slot.info.rkey = 0;
+            slot.info.addr = 0;
+        }
+    }
+
+    pub(crate) fn emit(&self, mgr: &ManagerInner, kind: RegionEventKind) {
+        let _ = mgr.events.send(RegionEvent {
+            region: self.id,
+            kind,
+            at: SystemTime::now(),
+        });
+    }
+}
+
+/// A file range registered as an RDMA memory region. Dropping it unregisters it; the
+/// last region of a file drops the file's lease.
+pub struct Region {
+    pub(crate) shared: Arc<RegionShared>,
+    pub(crate) mgr: Arc<ManagerInner>,
+}
+
+impl std::fmt::Debug for Region {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Region")
+            .field("id", &self.shared.id)
+            .field("path", &self.shared.path)
+            .field("offset", &self.shared.offset)
+            .field("info", &self.info())
+            .finish()
+    }
+}
+
+impl Region {
+    /// The region's id (in events).
+    pub fn id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// Takes an I/O guard: hold it while work is posted against the region. Fails fast
+    /// while the region is revoking, revoked or lost. Lock-free and allocation-free.
+    #[inline]
+    pub fn guard(&self) -> Result<Guard<'_>, GuardError> {
+        self.shared.word.guard().inspect_err(|e| {
+            let i = match e {
+                GuardError::Revoking => 0,
+                GuardError::Revoked => 1,
+                _ => 2,
+            };
+            self.mgr.refused[i].inc();
+        })
+    }
+
+    /// Guards held now.
+    pub fn guards_held(&self) -> u64 {
+        self.shared.word.held()
+    }
+
+    /// A snapshot of keys, length, generation, strategy and state.
+    pub fn info(&self) -> RegionInfo {
+        self.shared.slot.lock().info.clone()
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// Offset of the region in the file.
+    pub fn offset(&self) -> u64 {
+        self.shared.offset
+    }
+
+    /// The access peers have.
+    pub fn access(&self) -> Access {
+        self.shared.access
+    }
+
+    /// The strategy.
+    pub fn strategy(&self) -> Strategy {
+        self.shared.slot.lock().info.decision.strategy
+    }
+
+    /// This region's events.
+    pub fn events(&self) -> RegionEvents {
+        RegionEvents {
+            rx: self.mgr.events.subscribe(),
+            only: Some(self.shared.id),
+        }
+    }
+
+    /// Makes bytes `range` (relative to the region) that peers wrote durable in the file:
+    /// staging writes them back (pwrite + fdatasync through the lease's fd); in-place
+    /// strategies msync the mapping and fdatasync. A no-op for read-only regions.
+    pub fn commit(&self, range: Range<usize>) -> Result<(), RegionError> {
+        let s = &self.shared;
+        let slot = s.slot.lock();
+        let Some(built) = slot.live.as_ref() else {
+            return Err(RegionError::Revoked { id: s.id });
+        };
+        let len = slot.info.len;
+        if range.start > range.end || range.end > len {
+            return Err(RegionError::OutOfRange {
+                id: s.id,
+                start: range.start,
+                end: range.end,
+                len,
+            });
+        }
+        if !s.access.is_writable() || range.is_empty() {
+            return Ok(());
+        }
+        strategy::commit(built, s.lease.fd(), s.offset, range.start, range.end)
+            .map_err(|e| build_error(e, &s.path, s.offset, len))
+    }
+
+    /// Unregisters the region (same as dropping it).
+    pub fn unregister(self) {}
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        self.mgr.forget(&self.shared);
+    }
+}
+
+/// Maps a build failure to the typed error.
+pub(crate) fn build_error(e: BuildError, path: &Path, offset: u64, len: usize) -> RegionError {
+    match e {
+        BuildError::Map(source) => RegionError::Map {
+            path: path.to_path_buf(),
+            offset,
+            len,
+            source,
+        },
+        BuildError::Register(source) => super::error::registration_error(
+            source,
+            path.to_path_buf(),
+            offset,
+            len,
+            super::error::memlock_limit(),
+        ),
+        BuildError::Io(op, errno) => RegionError::Io {
+            path: path.to_path_buf(),
+            op,
+            errno,
+        },
+    }
+}
+
+/// Result alias of guard-taking.
+pub type GuardResult<'a> = Result<Guard<'a>, GuardError>;

@@ -1,0 +1,119 @@
+//! How a region's memory is registered: in place with ODP, in place pinned, or staged in
+//! registered DRAM. Chosen per device, file system and access by [`probe`], never by
+//! kernel version.
+
+mod odp;
+mod pinned;
+pub(crate) mod probe;
+mod staging;
+
+use std::os::fd::BorrowedFd;
+use std::sync::Arc;
+
+use super::config::Access;
+use crate::sys::{Mapping, SysError};
+use crate::verbs::{MemoryRegion, ProtectionDomain, VerbsError};
+
+/// A registration strategy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Strategy {
+    /// The file mapping registered with `IBV_ACCESS_ON_DEMAND`.
+    Odp,
+    /// The file mapping registered as a plain (pinned) MR.
+    Pinned,
+    /// Anonymous registered DRAM, filled from the file and written back on commit.
+    Staging,
+}
+
+impl Strategy {
+    /// A short label (metrics, logs).
+    pub fn label(self) -> &'static str {
+        match self {
+            Strategy::Odp => "odp",
+            Strategy::Pinned => "pinned",
+            Strategy::Staging => "staging",
+        }
+    }
+}
+
+/// A probe's decision and why it was taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The strategy.
+    pub strategy: Strategy,
+    /// What each strategy tried did, in order, e.g.
+    /// `odp: ...; pinned: ibv_reg_mr failed: EFAULT; staging: chosen`.
+    pub reason: String,
+}
+
+/// A built registration: the MR and the memory it covers.
+#[derive(Debug)]
+pub(crate) struct Built {
+    pub(crate) mr: MemoryRegion,
+    pub(crate) mapping: Arc<Mapping>,
+    pub(crate) strategy: Strategy,
+}
+
+/// Why building failed.
+#[derive(Debug)]
+pub(crate) enum BuildError {
+    Map(SysError),
+    Register(VerbsError),
+    Io(&'static str, nix::errno::Errno),
+}
+
+/// Build `len` bytes at `offset` of the file behind `fd` with `strategy`.
+pub(crate) fn build(
+    strategy: Strategy,
+    pd: &Arc<ProtectionDomain>,
+    fd: BorrowedFd<'_>,
+    offset: u64,
+    len: usize,
+    access: Access,
+) -> Result<Built, BuildError> {
+    let (mr, mapping) = match strategy {
+        Strategy::Odp => odp::build(pd, fd, offset, len, access)?,
+        Strategy::Pinned => pinned::build(pd, fd, offset, len, access)?,
+        Strategy::Staging => staging::build(pd, fd, offset, len, access)?,
+    };
+    Ok(Built {
+        mr,
+        mapping,
+        strategy,
+    })
+}
+
+/// Make bytes `start..end` of a built region durable in the file.
+pub(crate) fn commit(
+    built: &Built,
+    fd: BorrowedFd<'_>,
+    offset: u64,
+    start: usize,
+    end: usize,
+) -> Result<(), BuildError> {
+    match built.strategy {
+        Strategy::Staging => staging::write_back(&built.mapping, fd, offset, start, end),
+        Strategy::Odp | Strategy::Pinned => {
+            built.mapping.sync().map_err(BuildError::Map)?;
+            fdatasync(fd)
+        }
+    }
+}
+
+/// A `File` sharing `fd`'s open file description (a `dup`: no new open, so no lease
+/// break).
+pub(crate) fn dup_file(fd: BorrowedFd<'_>) -> Result<std::fs::File, BuildError> {
+    fd.try_clone_to_owned()
+        .map(std::fs::File::from)
+        .map_err(|e| BuildError::Io("dup", io_errno(&e)))
+}
+
+fn fdatasync(fd: BorrowedFd<'_>) -> Result<(), BuildError> {
+    dup_file(fd)?
+        .sync_data()
+        .map_err(|e| BuildError::Io("fdatasync", io_errno(&e)))
+}
+
+pub(crate) fn io_errno(e: &std::io::Error) -> nix::errno::Errno {
+    nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
