@@ -31,6 +31,8 @@ pub fn boot(
         spec.id
     );
     std::fs::write(out.join("setup.sh"), SETUP).map_err(|e| e.to_string())?;
+    let repo = crate::util::root();
+    std::fs::write(out.join("repo_path"), repo.display().to_string()).map_err(|e| e.to_string())?;
     std::fs::write(out.join("run.sh"), env + script).map_err(|e| e.to_string())?;
     let console = work.join("console.log");
     let _ = std::fs::remove_file(&console);
@@ -63,6 +65,11 @@ pub fn boot(
         .arg(format!(
             "local,path={},mount_tag=out,security_model=none,multidevs=remap",
             out.display()
+        ))
+        .arg("-virtfs")
+        .arg(format!(
+            "local,path={},mount_tag=repo,security_model=none,readonly=on,multidevs=remap",
+            repo.display()
         ))
         // An isolated hub with the guest's NIC alone on it: no path to any network.
         .args([
