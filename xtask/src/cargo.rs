@@ -64,6 +64,14 @@ pub fn integration_test_binaries() -> Result<Vec<(String, PathBuf)>> {
     )
 }
 
+/// Built benchmark executables (`benches/*.rs`, `harness = false`), as (name, path).
+pub fn bench_binaries() -> Result<Vec<(String, PathBuf)>> {
+    artifacts(
+        &["bench", "--no-run", "--benches", "--package", "filemr"],
+        "bench",
+    )
+}
+
 /// Build one example and return its executable.
 pub fn example_binary(name: &str) -> Result<PathBuf> {
     artifacts(&["build", "--example", name], "example")?

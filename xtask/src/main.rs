@@ -16,7 +16,7 @@ use summary::Tally;
 const USAGE: &str = "usage: cargo xtask <test|demo|bench> [--kernel bookworm|trixie-bpo]... [--guests-only]\n\
   test   fmt + clippy + host tests, then integration tests in SoftRoCE guests\n\
   demo   boot the guests and print device capabilities and the registration matrix\n\
-  bench  run the benchmarks in benches/ on the host\n\
+  bench  run the benchmarks on the host and in the guests\n\
   --kernel ID    only this guest kernel (repeatable)\n\
   --guests-only  test: skip fmt, clippy and host tests (for iterating on guest tests)";
 
@@ -42,7 +42,7 @@ fn main() -> ExitCode {
     let result = match cmd.as_str() {
         "test" => test(&kernels, guests_only),
         "demo" => demo(&kernels),
-        "bench" => bench(),
+        "bench" => bench(&kernels, guests_only),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
@@ -100,15 +100,39 @@ fn demo(kernels: &[&'static guest::kernels::KernelSpec]) -> Result<bool> {
     packages::ensure()?;
     util::step("building the demo");
     let bin = cargo::example_binary("caps_matrix")?;
+    let job = guest::Job {
+        name: "demo",
+        bin: &bin,
+        args: &[],
+    };
     let mut ok = true;
     for k in kernels {
-        ok &= guest::run_demo(k, &bin)?;
+        ok &= guest::run_programs(k, std::slice::from_ref(&job))?;
     }
     Ok(ok)
 }
 
-fn bench() -> Result<bool> {
-    util::step("cargo bench (host)");
-    cargo::run(&["bench", "--workspace", "--benches"])?;
-    Ok(true)
+/// Benchmarks run on the host (those that need no device) and in each guest (all of them;
+/// the ones needing rxe measure there), each printing ratios against its own baseline.
+fn bench(kernels: &[&'static guest::kernels::KernelSpec], guests_only: bool) -> Result<bool> {
+    packages::ensure()?;
+    if !guests_only {
+        util::step("benchmarks on the host");
+        cargo::run(&["bench", "--package", "filemr", "--benches"])?;
+    }
+    util::step("building benchmarks for the guests");
+    let bins = cargo::bench_binaries()?;
+    let jobs: Vec<guest::Job> = bins
+        .iter()
+        .map(|(n, b)| guest::Job {
+            name: n,
+            bin: b,
+            args: &["--bench"],
+        })
+        .collect();
+    let mut ok = true;
+    for k in kernels {
+        ok &= guest::run_programs(k, &jobs)?;
+    }
+    Ok(ok)
 }

@@ -1,5 +1,5 @@
 //! SoftRoCE guests: a stock Debian kernel under qemu (TCG), the host's root shared read-only
-//! over 9p, two or three emulated pmem devices, and `rxe0` on an isolated NIC.
+//! over 9p, three emulated pmem devices, and `rxe0` on an isolated NIC.
 
 mod initramfs;
 pub mod kernels;
@@ -18,99 +18,137 @@ pub struct GuestRun {
     pub tally: Tally,
 }
 
+/// One program the guest runs: its name (for its log) and its arguments after the binary.
+pub struct Job<'a> {
+    pub name: &'a str,
+    pub bin: &'a Path,
+    pub args: &'a [&'a str],
+}
+
+/// What one job left behind.
+struct JobResult {
+    name: String,
+    log: String,
+    rc: String,
+}
+
+/// Everything a guest run produced.
+struct Session {
+    release: String,
+    odp: bool,
+    finished: bool,
+    console: String,
+    results: Vec<JobResult>,
+}
+
 fn work_dir(spec: &KernelSpec) -> PathBuf {
     util::root().join("target/guest").join(spec.id)
 }
 
-/// A fresh directory shared writable with the guest as `/tmp/out`.
-fn fresh_out(spec: &KernelSpec) -> Result<PathBuf> {
-    let out = work_dir(spec).join("out");
-    let _ = std::fs::remove_dir_all(&out);
-    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-    Ok(out)
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-fn shell_quote(p: &Path) -> String {
-    format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
+/// Boot `spec`, run `jobs` one after the other inside it, collect their output.
+fn session(spec: &KernelSpec, what: &str, jobs: &[Job]) -> Result<Session> {
+    let work = work_dir(spec);
+    let kernel = kernels::prepare(spec, &work)?;
+    let out = work.join("out");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let mut script = String::new();
+    for j in jobs {
+        let mut cmd = shell_quote(&j.bin.display().to_string());
+        for a in j.args {
+            cmd.push(' ');
+            cmd.push_str(&shell_quote(a));
+        }
+        script.push_str(&format!(
+            "echo \"guest: running {n}\"\n{cmd} > /tmp/out/{n}.log 2>&1\necho $? > /tmp/out/{n}.rc\n",
+            n = j.name
+        ));
+    }
+    util::step(&format!(
+        "softroce {}: booting qemu, running {what}",
+        kernel.release
+    ));
+    let console = qemu::boot(spec, &kernel, &work, &out, &script)?;
+    let read = |f: String| std::fs::read_to_string(out.join(f)).unwrap_or_default();
+    let results = jobs
+        .iter()
+        .map(|j| JobResult {
+            name: j.name.to_string(),
+            log: read(format!("{}.log", j.name)),
+            rc: read(format!("{}.rc", j.name)).trim().to_string(),
+        })
+        .collect();
+    Ok(Session {
+        release: kernel.release,
+        odp: read("odp".into()).trim() == "yes",
+        finished: out.join("done").exists(),
+        console,
+        results,
+    })
+}
+
+impl Session {
+    fn print_console_tail(&self) {
+        let lines: Vec<&str> = self.console.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(60)..];
+        println!("--- guest console (tail) ---\n{}", tail.join("\n"));
+    }
 }
 
 /// Boot `spec` and run every integration test binary's ignored (guest-only) tests.
 pub fn run_tests(spec: &KernelSpec, bins: &[(String, PathBuf)]) -> Result<GuestRun> {
-    let kernel = kernels::prepare(spec, &work_dir(spec))?;
-    let out = fresh_out(spec)?;
-    let mut script = String::new();
-    for (name, bin) in bins {
-        script.push_str(&format!(
-            "echo \"guest: running {name}\"\n{} --ignored --test-threads=2 > /tmp/out/{name}.log 2>&1\necho $? > /tmp/out/{name}.rc\n",
-            shell_quote(bin)
-        ));
-    }
-    util::step(&format!(
-        "softroce {}: booting qemu, running {} test binaries",
-        kernel.release,
-        bins.len()
-    ));
-    let console = qemu::boot(spec, &kernel, &work_dir(spec), &out, &script)?;
-    let odp = std::fs::read_to_string(out.join("odp"))
-        .map(|s| s.trim() == "yes")
-        .unwrap_or(false);
+    let args: &[&str] = &["--ignored", "--test-threads=2"];
+    let jobs: Vec<Job> = bins
+        .iter()
+        .map(|(n, b)| Job {
+            name: n,
+            bin: b,
+            args,
+        })
+        .collect();
+    let s = session(spec, &format!("{} test binaries", jobs.len()), &jobs)?;
     let mut tally = Tally::default();
-    for (name, _) in bins {
-        let log = std::fs::read_to_string(out.join(format!("{name}.log"))).unwrap_or_default();
-        let rc = std::fs::read_to_string(out.join(format!("{name}.rc"))).unwrap_or_default();
-        let t = Tally::parse(&log);
+    for r in &s.results {
+        let t = Tally::parse(&r.log);
         println!(
-            "--- guest {} {name} (exit {}) ---\n{}",
-            kernel.release,
-            rc.trim(),
-            log.trim_end()
+            "--- guest {} {} (exit {}) ---\n{}",
+            s.release,
+            r.name,
+            r.rc,
+            r.log.trim_end()
         );
         tally.add(&t);
-        if rc.trim() != "0" && t.failed == 0 {
+        if r.rc != "0" && t.failed == 0 {
             // The binary crashed or never ran: count it as one failure.
             tally.failed += 1;
         }
     }
-    if !out.join("done").exists() {
-        println!("--- guest console (tail) ---\n{}", tail(&console, 60));
+    if !s.finished {
+        s.print_console_tail();
         tally.failed += 1;
     }
     Ok(GuestRun {
-        release: kernel.release,
-        odp,
+        release: s.release,
+        odp: s.odp,
         tally,
     })
 }
 
-/// Boot `spec` and run the demo binary, printing its output.
-pub fn run_demo(spec: &KernelSpec, bin: &Path) -> Result<bool> {
-    let kernel = kernels::prepare(spec, &work_dir(spec))?;
-    let out = fresh_out(spec)?;
-    let script = format!(
-        "{} > /tmp/out/demo.log 2>&1\necho $? > /tmp/out/demo.rc\n",
-        shell_quote(bin)
-    );
-    util::step(&format!(
-        "softroce {}: booting qemu for the demo",
-        kernel.release
-    ));
-    let console = qemu::boot(spec, &kernel, &work_dir(spec), &out, &script)?;
-    let log = std::fs::read_to_string(out.join("demo.log")).unwrap_or_default();
-    let rc = std::fs::read_to_string(out.join("demo.rc")).unwrap_or_default();
-    println!(
-        "\n### kernel {} ({})\n{}",
-        kernel.release,
-        spec.describe,
-        log.trim_end()
-    );
-    if rc.trim() != "0" {
-        println!("--- guest console (tail) ---\n{}", tail(&console, 60));
-        return Ok(false);
+/// Boot `spec` and run `jobs` (the demo, benchmarks), printing their output.
+pub fn run_programs(spec: &KernelSpec, jobs: &[Job]) -> Result<bool> {
+    let s = session(spec, &format!("{} program(s)", jobs.len()), jobs)?;
+    println!("\n### kernel {} ({})", s.release, spec.describe);
+    let mut ok = s.finished;
+    for r in &s.results {
+        println!("{}", r.log.trim_end());
+        ok &= r.rc == "0";
     }
-    Ok(true)
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    if !ok {
+        s.print_console_tail();
+    }
+    Ok(ok)
 }
