@@ -42,3 +42,29 @@ impl VerbsError {
         Self::new(verb, Errno::from_raw(code), detail)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_verb_errno_and_detail() {
+        let e = VerbsError::new("ibv_reg_mr", Errno::EOPNOTSUPP, "addr 0x1000 len 4096");
+        let s = e.to_string();
+        assert!(s.starts_with("ibv_reg_mr failed: EOPNOTSUPP"), "{s}");
+        assert!(s.ends_with("[addr 0x1000 len 4096]"), "{s}");
+        assert_eq!(
+            VerbsError::from_ret("ibv_modify_qp", -22, "").errno,
+            Errno::EINVAL
+        );
+        assert_eq!(
+            VerbsError::from_ret("ibv_post_send", 12, "").errno,
+            Errno::ENOMEM
+        );
+        assert!(
+            !VerbsError::new("ibv_alloc_pd", Errno::ENOMEM, "")
+                .to_string()
+                .contains('[')
+        );
+    }
+}
