@@ -7,7 +7,9 @@
 #![warn(missing_docs)]
 
 pub mod lease;
+pub mod metrics;
 pub mod probe;
+pub mod region;
 #[allow(unsafe_code)]
 pub mod sys;
 #[allow(unsafe_code)]

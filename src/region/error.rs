@@ -102,7 +102,9 @@ pub enum RegionError {
     #[error(transparent)]
     Lease(LeaseError),
     /// The lease engine is already running in this process (one manager per process).
-    #[error("a lease engine already runs in this process: only one region manager can exist at a time")]
+    #[error(
+        "a lease engine already runs in this process: only one region manager can exist at a time"
+    )]
     EngineAlreadyRunning,
     /// No tokio runtime is current.
     #[error("the region manager needs a tokio runtime (with time and I/O enabled)")]
@@ -218,7 +220,10 @@ mod tests {
     #[test]
     fn enomem_under_a_finite_memlock_limit_names_the_limit() {
         let e = registration_error(enomem(), "/f".into(), 0, 1 << 20, Some(8 << 20));
-        assert!(matches!(e, RegionError::MemlockLimit { limit: 8388608, .. }));
+        assert!(matches!(
+            e,
+            RegionError::MemlockLimit { limit: 8388608, .. }
+        ));
         assert_eq!(e.errno(), Errno::ENOMEM);
         let msg = e.to_string();
         assert!(msg.contains("RLIMIT_MEMLOCK is 8388608 bytes"), "{msg}");

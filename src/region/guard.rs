@@ -1,22 +1,28 @@
 //! The guard word: a lock-free, allocation-free count of held I/O guards plus the
-//! revocation flags and a generation, packed into one `AtomicU64`.
+//! revocation flags, packed into one `AtomicU64`.
 //!
-//! Layout: bits 0..32 count the guards held, bit 32 is *revoking*, bit 33 *revoked*,
-//! bit 34 *lost*, bits 35..64 a generation that advances on every finished revocation.
-//! A guard remembers the generation it was taken in; when a forced revocation abandons
-//! guards that are still held, it zeroes the count and advances the generation, so those
-//! stale guards' later drops do not disturb the count of the next generation.
+//! Layout: two 30-bit guard counts (bits 0..30 and 30..60), a parity bit (60) saying
+//! which count the current generation uses, then *revoking* (61), *revoked* (62) and
+//! *lost* (63). Taking a guard is a load and one `fetch_add` on the current count;
+//! dropping it one `fetch_sub` on the count it was taken in: no lock, no allocation.
+//!
+//! A forced revocation deregisters while guards are still held; it then flips the parity,
+//! so the next generation's guards are counted apart and the stale guards' later drops do
+//! not disturb them. (Only a second forced revocation while stale guards of two
+//! generations ago are still held would count those again: it waits for them until its
+//! deadline, which is conservative, never unsafe.)
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-const COUNT_MASK: u64 = (1 << 32) - 1;
-const REVOKING: u64 = 1 << 32;
-const REVOKED: u64 = 1 << 33;
-const LOST: u64 = 1 << 34;
+const HALF_BITS: u32 = 30;
+const COUNT_MASK: u64 = (1 << HALF_BITS) - 1;
+const PARITY: u64 = 1 << 60;
+const REVOKING: u64 = 1 << 61;
+const REVOKED: u64 = 1 << 62;
+const LOST: u64 = 1 << 63;
 const FLAGS: u64 = REVOKING | REVOKED | LOST;
-const GEN_SHIFT: u32 = 35;
-/// More guards than this at once are refused (the count must never reach the flags).
-const MAX_GUARDS: u64 = 1 << 31;
+/// More guards than this at once are refused (a count must never reach the next field).
+const MAX_GUARDS: u64 = 1 << 29;
 
 /// Why a guard was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -31,100 +37,103 @@ pub enum GuardError {
     /// The region is gone for good (file deleted or shrunk below the range).
     #[error("the region is lost (file deleted or shrunk below the range)")]
     Lost,
-    /// 2^31 guards are already held.
+    /// 2^29 guards are already held.
     #[error("too many guards held at once")]
     TooMany,
 }
 
-/// The guard word (see the module documentation).
+/// The guard word (see the module documentation), with a read-mostly copy of the
+/// parity on its own cache line: reading the parity from the word itself right before the
+/// `fetch_add` costs a stall on the line the last guard just wrote.
 #[derive(Debug, Default)]
-pub struct GuardWord(AtomicU64);
+pub struct GuardWord {
+    word: AtomicU64,
+    parity: Padded,
+}
+
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Padded(AtomicU64);
 
 /// An I/O guard: while it lives, the region it was taken from is not revoked (until
-/// the lease's deadline forces it). Dropping it is an atomic decrement.
+/// the lease's deadline forces it). Dropping it is one atomic decrement.
 #[derive(Debug)]
 #[must_use = "the guard protects the region only while it is held"]
 pub struct Guard<'a> {
     word: &'a GuardWord,
-    generation: u64,
+    /// 1 shifted to the count this guard was taken in.
+    one: u64,
 }
 
 impl Drop for Guard<'_> {
+    #[inline]
     fn drop(&mut self) {
-        self.word.release(self.generation);
+        self.word.word.fetch_sub(self.one, Ordering::Release);
     }
+}
+
+#[inline]
+fn shift(word: u64) -> u32 {
+    if word & PARITY != 0 { HALF_BITS } else { 0 }
 }
 
 impl GuardWord {
     /// A word with no guard held and no flag set.
     pub const fn new() -> GuardWord {
-        GuardWord(AtomicU64::new(0))
+        GuardWord {
+            word: AtomicU64::new(0),
+            parity: Padded(AtomicU64::new(0)),
+        }
     }
 
-    /// Takes a guard: one `fetch_add`, no lock, no allocation.
+    /// Takes a guard: one `fetch_add` (plus a load of the read-mostly parity), no lock,
+    /// no allocation.
     #[inline]
     pub fn guard(&self) -> Result<Guard<'_>, GuardError> {
-        let prev = self.0.fetch_add(1, Ordering::Acquire);
-        let generation = prev >> GEN_SHIFT;
-        if prev & FLAGS != 0 || prev & COUNT_MASK >= MAX_GUARDS {
-            self.release(generation);
-            return Err(if prev & LOST != 0 {
-                GuardError::Lost
-            } else if prev & REVOKED != 0 {
-                GuardError::Revoked
-            } else if prev & REVOKING != 0 {
-                GuardError::Revoking
-            } else {
-                GuardError::TooMany
-            });
-        }
-        Ok(Guard {
-            word: self,
-            generation,
-        })
-    }
-
-    #[inline]
-    fn release(&self, generation: u64) {
-        let mut cur = self.0.load(Ordering::Relaxed);
         loop {
-            if cur >> GEN_SHIFT != generation || cur & COUNT_MASK == 0 {
-                // Abandoned by a forced revocation: nothing to give back.
-                return;
-            }
-            match self
-                .0
-                .compare_exchange_weak(cur, cur - 1, Ordering::Release, Ordering::Relaxed)
+            let seen = self.parity.0.load(Ordering::Relaxed);
+            let one = 1u64 << shift(seen);
+            let prev = self.word.fetch_add(one, Ordering::Acquire);
+            if prev & (FLAGS | PARITY) == seen & PARITY
+                && (prev >> shift(prev)) & COUNT_MASK < MAX_GUARDS
             {
-                Ok(_) => return,
-                Err(v) => cur = v,
+                return Ok(Guard { word: self, one });
             }
+            self.word.fetch_sub(one, Ordering::Release);
+            if let Some(e) = refusal(prev) {
+                return Err(e);
+            }
+            // The parity flipped between the load and the add: try again.
         }
     }
 
-    /// Guards held now.
+    /// Guards held now in the current generation.
     pub fn held(&self) -> u64 {
-        self.0.load(Ordering::Acquire) & COUNT_MASK
+        let w = self.word.load(Ordering::Acquire);
+        (w >> shift(w)) & COUNT_MASK
     }
 
     /// Sets *revoking*. Returns false if the word was already revoking, revoked or lost
     /// (someone else owns this revocation).
     pub fn start_revoke(&self) -> bool {
-        self.0.fetch_or(REVOKING, Ordering::AcqRel) & FLAGS == 0
+        self.word.fetch_or(REVOKING, Ordering::AcqRel) & FLAGS == 0
     }
 
-    /// Ends a revocation: sets *revoked*, clears *revoking*, abandons the guards still
-    /// held (returns how many) and advances the generation.
+    /// Ends a revocation: sets *revoked*, clears *revoking*, and flips the parity so the
+    /// guards still held (returned) are abandoned to the old count.
     pub fn finish_revoke(&self) -> u64 {
-        let mut cur = self.0.load(Ordering::Relaxed);
+        let mut cur = self.word.load(Ordering::Relaxed);
         loop {
-            let next_gen = (cur >> GEN_SHIFT).wrapping_add(1);
-            let new = (next_gen << GEN_SHIFT) | (cur & LOST) | REVOKED;
+            let new = ((cur ^ PARITY) & !REVOKING) | REVOKED;
             match self
-                .0
+                .word
                 .compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Relaxed)
             {
-                Ok(_) => return cur & COUNT_MASK,
+                Ok(_) => {
+                    // Published before `reopen` lets guards in again.
+                    self.parity.0.store(new & PARITY, Ordering::Release);
+                    return (cur >> shift(cur)) & COUNT_MASK;
+                }
                 Err(v) => cur = v,
             }
         }
@@ -132,17 +141,31 @@ impl GuardWord {
 
     /// Lets guards be taken again after a rebuild.
     pub fn reopen(&self) {
-        self.0.fetch_and(!(REVOKING | REVOKED), Ordering::AcqRel);
+        self.word.fetch_and(!(REVOKING | REVOKED), Ordering::AcqRel);
     }
 
     /// Marks the word lost for good.
     pub fn set_lost(&self) {
-        self.0.fetch_or(LOST, Ordering::AcqRel);
+        self.word.fetch_or(LOST, Ordering::AcqRel);
     }
 
     /// Whether the word is marked lost.
     pub fn is_lost(&self) -> bool {
-        self.0.load(Ordering::Acquire) & LOST != 0
+        self.word.load(Ordering::Acquire) & LOST != 0
+    }
+}
+
+fn refusal(word: u64) -> Option<GuardError> {
+    if word & LOST != 0 {
+        Some(GuardError::Lost)
+    } else if word & REVOKED != 0 {
+        Some(GuardError::Revoked)
+    } else if word & REVOKING != 0 {
+        Some(GuardError::Revoking)
+    } else if (word >> shift(word)) & COUNT_MASK >= MAX_GUARDS {
+        Some(GuardError::TooMany)
+    } else {
+        None
     }
 }
 
@@ -183,7 +206,11 @@ mod tests {
         w.reopen();
         let fresh = w.guard().unwrap();
         drop(stale);
-        assert_eq!(w.held(), 1, "a stale guard's drop must not release a fresh one");
+        assert_eq!(
+            w.held(),
+            1,
+            "a stale guard's drop must not release a fresh one"
+        );
         drop(fresh);
         assert_eq!(w.held(), 0);
     }

@@ -8,13 +8,13 @@ use std::time::SystemTime;
 
 use parking_lot::Mutex;
 
+use super::RegionError;
 use super::config::Access;
 use super::event::{RegionEvent, RegionEventKind, RegionEvents};
 use super::guard::{Guard, GuardError, GuardWord};
 use super::manager::ManagerInner;
 use super::state::RegionState;
 use super::strategy::{self, BuildError, Built, Decision, Strategy};
-use super::RegionError;
 use crate::lease::{FileId, Lease};
 
 /// A snapshot of a region's registration.
@@ -39,6 +39,9 @@ pub struct RegionInfo {
 pub(crate) struct Slot {
     pub(crate) live: Option<Built>,
     pub(crate) info: RegionInfo,
+    /// The handle was dropped: a background task still holding the region must not
+    /// count it in the metrics any more.
+    pub(crate) forgotten: bool,
 }
 
 /// What a region shares with the manager.
@@ -63,6 +66,9 @@ impl RegionShared {
     pub(crate) fn set_state(&self, mgr: &ManagerInner, slot: &mut Slot, to: RegionState) {
         let from = slot.info.state;
         slot.info.state = to;
+        if slot.forgotten {
+            return;
+        }
         mgr.metrics.region_state(
             slot.info.decision.strategy.label(),
             Some(from.label()),

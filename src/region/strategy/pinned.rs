@@ -16,9 +16,8 @@ pub(super) fn build(
     len: usize,
     access: Access,
 ) -> Result<(MemoryRegion, Arc<Mapping>), BuildError> {
-    let map = Arc::new(
-        Mapping::file(fd, offset, len, access.protection()).map_err(BuildError::Map)?,
-    );
+    let map =
+        Arc::new(Mapping::file(fd, offset, len, access.protection()).map_err(BuildError::Map)?);
     let mr = MemoryRegion::register(pd, &map, access.mr_access()).map_err(BuildError::Register)?;
     Ok((mr, map))
 }

@@ -169,7 +169,9 @@ fn check_transfers(
     let local = MemoryRegion::register(env.pd, &local_map, MrAccess::LOCAL_WRITE)
         .map_err(|e| format!("cannot test transfers: {e}"))?;
     let wait = |id: u64| -> Result<(), String> {
-        let wc = cq.wait_one(WAIT).map_err(|e| format!("no completion: {e}"))?;
+        let wc = cq
+            .wait_one(WAIT)
+            .map_err(|e| format!("no completion: {e}"))?;
         if wc.wr_id != id || wc.status != WcStatus::Success {
             return Err(format!("completion {wc:?}"));
         }
@@ -211,7 +213,9 @@ fn check_transfers(
             .map_err(|e| e.to_string())?;
         wait(2).map_err(|e| format!("RDMA READ at offset {READ_AT}: {e}"))?;
         let mut got = vec![0; XFER];
-        local_map.read_at(2048, &mut got).map_err(|e| e.to_string())?;
+        local_map
+            .read_at(2048, &mut got)
+            .map_err(|e| e.to_string())?;
         if got != known {
             return Err(format!(
                 "registered, but a {XFER}-byte RDMA READ at offset {READ_AT} (not page-aligned) \

@@ -1,0 +1,358 @@
+//! The manager: device, lease engine, strategy decisions and the region table.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use nix::errno::Errno;
+use parking_lot::Mutex;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+
+use super::config::{Access, ManagerConfig};
+use super::event::{RegionEvent, RegionEvents};
+use super::guard::GuardWord;
+use super::handle::{Region, RegionInfo, RegionShared, Slot, build_error};
+use super::state::RegionState;
+use super::strategy::probe::{ProbeEnv, probe};
+use super::strategy::{self, Decision, io_errno};
+use super::{RegionError, events_task};
+use crate::lease::{FileId, LeaseEngine, LeaseError, LeaseState};
+use crate::metrics::RegionMetrics;
+use crate::verbs::{Context, OdpCaps, ProtectionDomain};
+
+pub(crate) struct ManagerInner {
+    pub(crate) cfg: ManagerConfig,
+    pub(crate) engine: LeaseEngine,
+    pub(crate) pd: Arc<ProtectionDomain>,
+    pub(crate) odp: OdpCaps,
+    decisions: Mutex<HashMap<(u64, Access), Decision>>,
+    pub(crate) files: Mutex<HashMap<FileId, Vec<Weak<RegionShared>>>>,
+    /// Serialises revocation tails and rebuilds of one file.
+    file_ops: Mutex<HashMap<FileId, Arc<tokio::sync::Mutex<()>>>>,
+    pub(crate) events: broadcast::Sender<RegionEvent>,
+    pub(crate) metrics: RegionMetrics,
+    /// Guard refusals: revoking, revoked, other (pre-created: the refusal path takes no
+    /// lock).
+    pub(crate) refused: [Counter; 3],
+    next_id: AtomicU64,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for ManagerInner {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.get_mut().take() {
+            t.abort();
+        }
+    }
+}
+
+/// The region manager: a cheap, clonable handle. Needs a tokio runtime (time and I/O);
+/// one manager per process (it owns the process's lease engine).
+#[derive(Clone)]
+pub struct Manager {
+    pub(crate) inner: Arc<ManagerInner>,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("device", &self.inner.cfg.device)
+            .field("files", &self.inner.files.lock().len())
+            .finish()
+    }
+}
+
+fn metadata(path: &Path) -> Result<std::fs::Metadata, RegionError> {
+    std::fs::metadata(path).map_err(|e| RegionError::Io {
+        path: path.to_path_buf(),
+        op: "stat",
+        errno: io_errno(&e),
+    })
+}
+
+impl Manager {
+    /// Opens `cfg.device`, allocates a protection domain, starts the lease engine and the
+    /// background task that revokes and rebuilds regions; registers the metrics in
+    /// `registry`. Must be called inside a tokio runtime.
+    pub fn new(cfg: ManagerConfig, registry: &mut Registry) -> Result<Manager, RegionError> {
+        let rt = tokio::runtime::Handle::try_current().map_err(|_| RegionError::NoRuntime)?;
+        let device = |source| RegionError::Device {
+            device: cfg.device.clone(),
+            source,
+        };
+        let ctx = Arc::new(Context::open(&cfg.device).map_err(device)?);
+        let odp = ctx.caps().map_err(device)?.odp;
+        let pd = ProtectionDomain::new(&ctx).map_err(device)?;
+        let engine = LeaseEngine::start().map_err(|e| match e {
+            LeaseError::AlreadyRunning => RegionError::EngineAlreadyRunning,
+            LeaseError::NoRuntime => RegionError::NoRuntime,
+            other => RegionError::Lease(other),
+        })?;
+        let lease_events = engine.subscribe();
+        let metrics = RegionMetrics::new(registry);
+        let refused = ["revoking", "revoked", "other"].map(|why| {
+            metrics
+                .guard_refusals
+                .get_or_create(&vec![("why", why.to_string())])
+                .clone()
+        });
+        let (events, _) = broadcast::channel(cfg.event_capacity.max(16));
+        let inner = Arc::new(ManagerInner {
+            cfg,
+            engine,
+            pd,
+            odp,
+            decisions: Mutex::new(HashMap::new()),
+            files: Mutex::new(HashMap::new()),
+            file_ops: Mutex::new(HashMap::new()),
+            events,
+            metrics,
+            refused,
+            next_id: AtomicU64::new(1),
+            task: Mutex::new(None),
+        });
+        let task = rt.spawn(events_task::run(Arc::downgrade(&inner), lease_events));
+        *inner.task.lock() = Some(task);
+        Ok(Manager { inner })
+    }
+
+    /// All regions' events.
+    pub fn events(&self) -> RegionEvents {
+        RegionEvents {
+            rx: self.inner.events.subscribe(),
+            only: None,
+        }
+    }
+
+    /// The protection domain regions are registered in: create the queue pairs that
+    /// serve them in it.
+    pub fn protection_domain(&self) -> &Arc<ProtectionDomain> {
+        &self.inner.pd
+    }
+
+    /// The lease engine the manager uses.
+    pub fn lease_engine(&self) -> &LeaseEngine {
+        &self.inner.engine
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &RegionMetrics {
+        &self.inner.metrics
+    }
+
+    /// The strategy a registration of `path` with `access` gets, and why (probed once per
+    /// file system and access, then cached). Blocking.
+    pub fn decision(
+        &self,
+        path: impl AsRef<Path>,
+        access: Access,
+    ) -> Result<Decision, RegionError> {
+        let path = path.as_ref();
+        let md = metadata(path)?;
+        Ok(self.inner.decide(path, md.dev(), access, false))
+    }
+
+    /// Registers `len` bytes at `offset` of the file at `path` for peers to access as
+    /// `access`. Takes (or shares) the file's lease, picks the strategy by probe, maps and
+    /// registers. Blocking (system calls and verbs): from async code, call it in
+    /// `spawn_blocking` where latency matters.
+    pub fn register(
+        &self,
+        path: impl AsRef<Path>,
+        offset: u64,
+        len: usize,
+        access: Access,
+    ) -> Result<Region, RegionError> {
+        let path = path.as_ref();
+        let r = self.register_inner(path, offset, len, access);
+        if let Err(e) = &r {
+            RegionMetrics::count(
+                &self.inner.metrics.registration_failures,
+                "errno",
+                &format!("{:?}", e.errno()),
+            );
+        }
+        r
+    }
+
+    fn register_inner(
+        &self,
+        path: &Path,
+        offset: u64,
+        len: usize,
+        access: Access,
+    ) -> Result<Region, RegionError> {
+        let inner = &self.inner;
+        if len == 0 {
+            return Err(RegionError::ZeroLength {
+                path: path.to_path_buf(),
+                offset,
+            });
+        }
+        let md = metadata(path)?;
+        if !md.is_file() {
+            return Err(RegionError::NotRegularFile {
+                path: path.to_path_buf(),
+                errno: if md.is_dir() {
+                    Errno::EISDIR
+                } else {
+                    Errno::EINVAL
+                },
+            });
+        }
+        let beyond = |file_len: u64| {
+            let end = offset.checked_add(len as u64);
+            (end.is_none_or(|end| end > file_len)).then(|| RegionError::RangeBeyondEof {
+                path: path.to_path_buf(),
+                offset,
+                len,
+                file_len,
+            })
+        };
+        if let Some(e) = beyond(md.len()) {
+            return Err(e);
+        }
+        let lease = inner
+            .engine
+            .acquire(path, access.lease_kind())
+            .map_err(|e| match e {
+                LeaseError::NotRegularFile { path, errno } => {
+                    RegionError::NotRegularFile { path, errno }
+                }
+                other => RegionError::Lease(other),
+            })?;
+        if lease.state() != LeaseState::Held {
+            return Err(RegionError::Busy {
+                path: path.to_path_buf(),
+            });
+        }
+        let file_len = strategy::dup_file(lease.fd())
+            .and_then(|f| {
+                f.metadata()
+                    .map_err(|e| strategy::BuildError::Io("fstat", io_errno(&e)))
+            })
+            .map_err(|e| build_error(e, path, offset, len))?
+            .len();
+        if let Some(e) = beyond(file_len) {
+            return Err(e);
+        }
+        let decision = inner.decide(path, md.dev(), access, false);
+        let built = strategy::build(
+            decision.strategy,
+            &inner.pd,
+            lease.fd(),
+            offset,
+            len,
+            access,
+        )
+        .map_err(|e| build_error(e, path, offset, len))?;
+        let info = RegionInfo {
+            lkey: built.mr.lkey(),
+            rkey: built.mr.rkey(),
+            addr: built.mr.addr(),
+            len,
+            generation: 1,
+            decision,
+            state: RegionState::Registered,
+        };
+        let strategy = built.strategy.label();
+        let shared = Arc::new(RegionShared {
+            id: inner.next_id.fetch_add(1, Ordering::Relaxed),
+            path: path.to_path_buf(),
+            offset,
+            requested_len: len,
+            access,
+            dev: md.dev(),
+            lease,
+            word: GuardWord::new(),
+            slot: Mutex::new(Slot {
+                live: Some(built),
+                info,
+                forgotten: false,
+            }),
+        });
+        inner
+            .metrics
+            .region_state(strategy, None, Some("registered"));
+        inner.metrics.bytes(strategy, len as i64);
+        inner
+            .files
+            .lock()
+            .entry(shared.file())
+            .or_default()
+            .push(Arc::downgrade(&shared));
+        Ok(Region {
+            shared,
+            mgr: inner.clone(),
+        })
+    }
+}
+
+impl ManagerInner {
+    /// The cached decision for `(dev, access)`, probing in `path`'s directory if there is
+    /// none (or `fresh`).
+    pub(crate) fn decide(&self, path: &Path, dev: u64, access: Access, fresh: bool) -> Decision {
+        if !fresh && let Some(d) = self.decisions.lock().get(&(dev, access)) {
+            return d.clone();
+        }
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let env = ProbeEnv {
+            pd: &self.pd,
+            odp: self.odp,
+            port: self.cfg.port,
+        };
+        let d = probe(&env, &dir, access);
+        tracing::info!(dir = %dir.display(), ?access, strategy = d.strategy.label(), reason = %d.reason, "strategy probed");
+        self.decisions.lock().insert((dev, access), d.clone());
+        d
+    }
+
+    /// The live regions of `file`.
+    pub(crate) fn regions_of(&self, file: FileId) -> Vec<Arc<RegionShared>> {
+        let mut files = self.files.lock();
+        let Some(list) = files.get_mut(&file) else {
+            return Vec::new();
+        };
+        list.retain(|w| w.strong_count() > 0);
+        list.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// The lock serialising revocation tails and rebuilds of `file`.
+    pub(crate) fn file_lock(&self, file: FileId) -> Arc<tokio::sync::Mutex<()>> {
+        self.file_ops.lock().entry(file).or_default().clone()
+    }
+
+    /// A region handle is gone: commit (writable), deregister it and drop it from the
+    /// table.
+    pub(crate) fn forget(&self, shared: &Arc<RegionShared>) {
+        {
+            let mut slot = shared.slot.lock();
+            // Unregistering commits what peers wrote (best effort), like a revocation.
+            shared.tear_down(self, &mut slot);
+            slot.forgotten = true;
+            self.metrics.region_state(
+                slot.info.decision.strategy.label(),
+                Some(slot.info.state.label()),
+                None,
+            );
+        }
+        let file = shared.file();
+        let mut files = self.files.lock();
+        if let Some(list) = files.get_mut(&file) {
+            list.retain(|w| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), Arc::as_ptr(shared)));
+            if list.is_empty() {
+                files.remove(&file);
+                self.file_ops.lock().remove(&file);
+            }
+        }
+    }
+}

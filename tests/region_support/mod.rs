@@ -1,0 +1,273 @@
+//! Shared support of the region manager's guest tests: one manager per test process (the
+//! lease engine is one per process), breaker child processes, event waiting.
+#![allow(dead_code)]
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use filemr::region::{Manager, ManagerConfig, RegionEvent, RegionEventKind, RegionEvents};
+use filemr::sys::Mapping;
+use filemr::verbs::{
+    Access as MrAccess, CompletionQueue, MemoryRegion, QueuePair, RemoteBuf, WcStatus,
+};
+use prometheus_client::registry::Registry;
+use tokio::runtime::Runtime;
+
+use crate::guest::GuestEnv;
+
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub static RT: LazyLock<Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap()
+});
+
+pub struct Shared {
+    pub mgr: Manager,
+    pub registry: Mutex<Registry>,
+}
+
+static SHARED: LazyLock<Shared> = LazyLock::new(|| {
+    let env = GuestEnv::get();
+    let mut registry = Registry::default();
+    let _enter = RT.enter();
+    let mgr = Manager::new(ManagerConfig::new(env.device), &mut registry).expect("manager");
+    Shared {
+        mgr,
+        registry: Mutex::new(registry),
+    }
+});
+
+/// The process's manager.
+pub fn manager() -> &'static Manager {
+    &SHARED.mgr
+}
+
+/// `manager().register`, retried while the write lease fails with "another open
+/// exists": a breaker or helper that another test thread is forking right now holds a
+/// copy of every fd of this process until its exec, including one of a file a test just
+/// wrote and closed.
+pub fn register(
+    path: &Path,
+    offset: u64,
+    len: usize,
+    access: filemr::region::Access,
+) -> Result<filemr::region::Region, filemr::region::RegionError> {
+    let mut tries = 0;
+    loop {
+        match manager().register(path, offset, len, access) {
+            Err(filemr::region::RegionError::Lease(
+                filemr::lease::LeaseError::OtherOpenExists { .. }
+                | filemr::lease::LeaseError::WriterHasFileOpen { .. },
+            )) if tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The metrics, encoded.
+pub fn metrics_text() -> String {
+    let mut s = String::new();
+    prometheus_client::encoding::text::encode(&mut s, &SHARED.registry.lock().unwrap()).unwrap();
+    s
+}
+
+/// A file of `len` bytes filled with `fill`.
+pub fn make_file(dir: &Path, tag: &str, len: usize, fill: u8) -> PathBuf {
+    let path = crate::guest::unique_path(dir, tag);
+    std::fs::write(&path, vec![fill; len]).unwrap();
+    path
+}
+
+/// The next event matching `want` within `timeout`, failing on events `bad` flags.
+pub fn wait_event(
+    events: &mut RegionEvents,
+    timeout: Duration,
+    what: &str,
+    want: impl Fn(&RegionEvent) -> bool,
+) -> RegionEvent {
+    RT.block_on(async {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(ev)) if want(&ev) => return ev,
+                Ok(Some(ev)) => eprintln!("(skipping event {ev:?} while waiting for {what})"),
+                Ok(None) => panic!("event stream closed while waiting for {what}"),
+                Err(_) => panic!("timed out after {timeout:?} waiting for {what}"),
+            }
+        }
+    })
+}
+
+pub fn is_revoked(ev: &RegionEvent) -> bool {
+    matches!(ev.kind, RegionEventKind::Revoked { .. })
+}
+
+pub fn is_rebuilt(ev: &RegionEvent) -> bool {
+    matches!(ev.kind, RegionEventKind::Rebuilt { .. })
+}
+
+/// Nanoseconds since the epoch.
+pub fn nanos(t: SystemTime) -> u128 {
+    t.duration_since(UNIX_EPOCH).unwrap().as_nanos()
+}
+
+/// A loopback RC pair in the manager's PD and a registered local buffer.
+pub struct Peer {
+    pub cq: Arc<CompletionQueue>,
+    pub qa: QueuePair,
+    pub _qb: QueuePair,
+    pub buf: Arc<Mapping>,
+    pub mr: MemoryRegion,
+}
+
+impl Peer {
+    pub fn new(len: usize) -> Peer {
+        let pd = manager().protection_domain().clone();
+        let cq = CompletionQueue::new(pd.context(), 64).unwrap();
+        let (qa, qb) = QueuePair::loopback_pair(&pd, &cq, 1).unwrap();
+        let buf = Arc::new(Mapping::anonymous(len).unwrap());
+        let mr = MemoryRegion::register(&pd, &buf, MrAccess::LOCAL_WRITE).unwrap();
+        Peer {
+            cq,
+            qa,
+            _qb: qb,
+            buf,
+            mr,
+        }
+    }
+
+    /// RDMA WRITE `data` (copied to the local buffer first) to `addr`/`rkey`.
+    pub fn write(&self, data: &[u8], addr: u64, rkey: u32) -> WcStatus {
+        self.buf.write_at(0, data).unwrap();
+        self.qa
+            .post_write(1, &self.mr, 0, data.len(), RemoteBuf { addr, rkey })
+            .unwrap();
+        self.cq.wait_one(WAIT).unwrap().status
+    }
+
+    /// RDMA READ `len` bytes at `addr`/`rkey`.
+    pub fn read(&self, len: usize, addr: u64, rkey: u32) -> (WcStatus, Vec<u8>) {
+        self.qa
+            .post_read(2, &self.mr, 0, len, RemoteBuf { addr, rkey })
+            .unwrap();
+        let st = self.cq.wait_one(WAIT).unwrap().status;
+        let mut got = vec![0; len];
+        self.buf.read_at(0, &mut got).unwrap();
+        (st, got)
+    }
+}
+
+/// Spawns this test binary again as a breaker (see [`breaker_helper`]).
+pub fn breaker(mode: &str, file: &Path, args: &[&str]) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "region_support::breaker_helper",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("FILEMR_BREAKER", mode)
+        .env("FILEMR_BREAKER_FILE", file)
+        .env("FILEMR_BREAKER_ARGS", args.join("\u{1f}"))
+        // The child's libtest chatter would confuse the harness's tally of this binary.
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn breaker")
+}
+
+/// Waits for a child, failing after `timeout`.
+pub fn wait_child(mut child: Child, timeout: Duration) {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            assert!(st.success(), "breaker failed: {st}");
+            return;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            panic!("breaker still running after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The breaker side, run in a child process when `FILEMR_BREAKER` is set; a no-op
+/// otherwise. Modes:
+/// - `truncate-write SRC BEFORE TIME`: open the file read-write (blocks until the lease
+///   is released), save its content to BEFORE, truncate it to 0, save the time the
+///   truncate returned to TIME (ns since the epoch), write SRC's bytes, close.
+/// - `truncate-to SIZE`: open read-write, truncate to SIZE, close.
+/// - `open-write TIME`: open write-only (blocks), save the time, close.
+/// - `open-unlink`: open write-only (blocks), delete the file, close.
+#[test]
+#[ignore = "needs rxe0 (SoftRoCE) as root: cargo xtask test runs it in the qemu guests"]
+fn breaker_helper() {
+    let Ok(mode) = std::env::var("FILEMR_BREAKER") else {
+        return;
+    };
+    let file = PathBuf::from(std::env::var("FILEMR_BREAKER_FILE").unwrap());
+    let args: Vec<String> = std::env::var("FILEMR_BREAKER_ARGS")
+        .unwrap()
+        .split('\u{1f}')
+        .map(String::from)
+        .collect();
+    let stamp = |path: &str| std::fs::write(path, nanos(SystemTime::now()).to_string()).unwrap();
+    match mode.as_str() {
+        "truncate-write" => {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&file)
+                .unwrap();
+            let len = f.metadata().unwrap().len() as usize;
+            let mut before = vec![0; len];
+            f.read_exact_at(&mut before, 0).unwrap();
+            std::fs::write(&args[1], before).unwrap();
+            f.set_len(0).unwrap();
+            stamp(&args[2]);
+            f.write_all_at(&std::fs::read(&args[0]).unwrap(), 0)
+                .unwrap();
+            f.sync_all().unwrap();
+        }
+        "truncate-to" => {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&file)
+                .unwrap();
+            f.set_len(args[0].parse().unwrap()).unwrap();
+        }
+        "open-unlink" => {
+            let _f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+            std::fs::remove_file(&file).unwrap();
+        }
+        "open-write" => {
+            let _f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+            stamp(&args[0]);
+        }
+        other => panic!("unknown breaker mode {other}"),
+    }
+}
+
+/// Saves a line for the report in the guest's output directory (best effort).
+pub fn note(line: &str) {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open("/tmp/out/region-notes.txt")
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}

@@ -1,0 +1,476 @@
+//! The region manager inside the SoftRoCE guests: no byte lost on revocation and
+//! rebuild, strategies as probed, shrink, many regions, bad input.
+
+#[path = "guest/mod.rs"]
+mod guest;
+#[path = "region_support/mod.rs"]
+mod region_support;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use filemr::region::{
+    Access, LostReason, Manager, ManagerConfig, RegionError, RegionEventKind, RegionState,
+    RevokeReason, Strategy,
+};
+use filemr::verbs::WcStatus;
+use guest::{GuestEnv, pattern, unique_path};
+use nix::errno::Errno;
+use region_support::*;
+
+const OFF: u64 = 8192;
+const LEN: usize = 256 * 1024;
+
+fn no_byte_lost(dir: &Path, fs: &str) {
+    let path = make_file(dir, "nolost", OFF as usize + LEN, 0);
+    let region = register(&path, OFF, LEN, Access::ReadWrite).expect("register");
+    let before = region.info();
+    note(&format!(
+        "{fs}: no-byte-lost region strategy {:?} ({})",
+        before.decision.strategy, before.decision.reason
+    ));
+    let mut events = region.events();
+
+    // The peer writes pattern A; the server commits.
+    let a = pattern(LEN, 1);
+    let peer = Peer::new(LEN);
+    {
+        let _g = region.guard().expect("guard");
+        assert_eq!(peer.write(&a, before.addr, before.rkey), WcStatus::Success);
+    }
+    region.commit(0..LEN).expect("commit");
+
+    // A separate process truncates the file to 0 and writes pattern B.
+    let tmp = std::env::temp_dir();
+    let b = pattern(OFF as usize + LEN, 2);
+    let src = unique_path(&tmp, "patb");
+    let seen = unique_path(&tmp, "before");
+    let stamp = unique_path(&tmp, "stamp");
+    std::fs::write(&src, &b).unwrap();
+    let child = breaker(
+        "truncate-write",
+        &path,
+        &[
+            src.to_str().unwrap(),
+            seen.to_str().unwrap(),
+            stamp.to_str().unwrap(),
+        ],
+    );
+    wait_event(&mut events, WAIT, "Revoking", |e| {
+        e.kind == RegionEventKind::Revoking
+    });
+    let revoked = wait_event(&mut events, WAIT, "Revoked", is_revoked);
+    let RegionEventKind::Revoked { reason, forced, .. } = revoked.kind else {
+        unreachable!()
+    };
+    assert_eq!((reason, forced), (RevokeReason::LeaseBroken, false));
+    assert_eq!(
+        region.guard().unwrap_err(),
+        filemr::region::GuardError::Revoked
+    );
+    let rebuilt = wait_event(&mut events, WAIT, "Rebuilt", is_rebuilt);
+    wait_child(child, WAIT);
+
+    // The breaker saw A (committed) and truncated only after the revocation finished.
+    let mut expect_before = vec![0u8; OFF as usize];
+    expect_before.extend_from_slice(&a);
+    assert!(
+        std::fs::read(&seen).unwrap() == expect_before,
+        "the breaker did not find pattern A in the file"
+    );
+    let truncated: u128 = std::fs::read_to_string(&stamp).unwrap().parse().unwrap();
+    assert!(
+        nanos(revoked.at) <= truncated,
+        "Revoked at {} ns, after the truncate returned at {truncated} ns",
+        nanos(revoked.at)
+    );
+
+    // Rebuilt with a new generation and rkey, over the file's new content B.
+    let RegionEventKind::Rebuilt {
+        rkey,
+        addr,
+        len,
+        generation,
+        ..
+    } = rebuilt.kind
+    else {
+        unreachable!()
+    };
+    assert_eq!(generation, before.generation + 1);
+    assert_ne!(rkey, before.rkey, "rebuilt region must have a new rkey");
+    assert_eq!(len, LEN);
+    let now = region.info();
+    assert_eq!(
+        (now.rkey, now.addr, now.state),
+        (rkey, addr, RegionState::Registered)
+    );
+    let (st, got) = peer.read(LEN, addr, rkey);
+    assert_eq!(st, WcStatus::Success);
+    assert!(
+        got == b[OFF as usize..],
+        "rebuilt region does not show pattern B"
+    );
+
+    // The old rkey is dead.
+    let stale = Peer::new(4096);
+    assert_eq!(
+        stale.write(&[7; 64], before.addr, before.rkey),
+        WcStatus::RemoteAccess
+    );
+
+    // The new rkey lands in the file.
+    let c = pattern(4096, 3);
+    let fresh = Peer::new(4096);
+    {
+        let _g = region.guard().expect("guard after rebuild");
+        assert_eq!(fresh.write(&c, addr + 1000, rkey), WcStatus::Success);
+    }
+    region.commit(1000..1000 + 4096).unwrap();
+    drop(region);
+    let mut want = b.clone();
+    want[OFF as usize + 1000..OFF as usize + 1000 + 4096].copy_from_slice(&c);
+    assert!(
+        std::fs::read(&path).unwrap() == want,
+        "file is not pattern B with the new write"
+    );
+    let m = metrics_text();
+    assert!(
+        m.contains("filemr_region_revocations_total{reason=\"lease_broken\",forced=\"false\"}"),
+        "{m}"
+    );
+    assert!(m.contains("filemr_region_rebuilds_total"), "{m}");
+    for p in [&path, &src, &seen, &stamp] {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+#[test]
+#[ignore = "needs rxe0 (SoftRoCE) as root: cargo xtask test runs it in the qemu guests"]
+fn no_byte_lost_none_misplaced_on_page_cache() {
+    let env = GuestEnv::get();
+    no_byte_lost(&env.pagecache_dir, "page cache");
+}
+
+#[test]
+#[ignore = "needs rxe0 (SoftRoCE) as root: cargo xtask test runs it in the qemu guests"]
+fn no_byte_lost_none_misplaced_on_fs_dax() {
+    let env = GuestEnv::get();
+    no_byte_lost(&env.dax_dir, "fs-dax");
+}
+
+/// The probe's decisions, as measured: see docs/region.md.
+#[test]
+#[ignore = "needs rxe0 (SoftRoCE) as root: cargo xtask test runs it in the qemu guests"]
+fn strategy_matches_the_probe_and_the_matrix() {
+    let env = GuestEnv::get();
+    let mgr = manager();
+    for (dir, fs) in [(&env.pagecache_dir, "page cache"), (&env.dax_dir, "fs-dax")] {
+        let path = make_file(dir, "strategy", 65536, 0);
+        for access in [Access::ReadWrite, Access::Read] {
+            let d = mgr.decision(&path, access).unwrap();
+            note(&format!(
+                "{} {fs} {access:?}: {:?} because {}",
+                env.profile, d.strategy, d.reason
+            ));
+            let want = match (env.expect_odp, fs, access) {
+                (false, "page cache", Access::ReadWrite) => Strategy::Pinned,
+                // PROT_READ pinned file MRs: EFAULT on 6.1.
+                (false, _, _) => Strategy::Staging,
+                // ODP is offered but fails the unaligned transfer check; pinned read-only
+                // page-cache MRs work on 6.18, writable ones are refused (EFAULT).
+                (true, "page cache", Access::Read) => Strategy::Pinned,
+                (true, _, _) => Strategy::Staging,
+            };
+            assert_eq!(d.strategy, want, "{fs} {access:?}: {}", d.reason);
+            if env.expect_odp {
+                let off = if access.is_writable() {
+                    "offset 100"
+                } else {
+                    "offset 300"
+                };
+                assert!(
+                    d.reason.contains("odp: registered, but") && d.reason.contains(off),
+                    "the reason must name the ODP off-page-boundary failure: {}",
+                    d.reason
+                );
+            } else {
+                assert!(d.reason.contains("odp: not offered"), "{}", d.reason);
+            }
+            if want == Strategy::Staging {
+                let errno = if fs == "fs-dax" {
+                    "EOPNOTSUPP"
+                } else {
+                    "EFAULT"
+                };
+                assert!(
+                    d.reason
+                        .contains(&format!("pinned: ibv_reg_mr failed: {errno}")),
+                    "{}",
+                    d.reason
+                );
+            }
+            // A registration gets the same strategy.
+            let r = register(&path, 0, 65536, access).unwrap();
+            assert_eq!(r.strategy(), want);
+            drop(r);
+        }
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+#[test]
+#[ignore = "needs rxe0 (SoftRoCE) as root: cargo xtask test runs it in the qemu guests"]
+fn shrink_to_half_rebuilds_shorter_and_to_zero_loses() {
+    let env = GuestEnv::get();
+    for dir in [&env.pagecache_dir, &env.dax_dir] {
+        let path = make_file(dir, "shrink", 128 * 1024, 9);
+        let region = register(&path, 0, 128 * 1024, Access::ReadWrite).unwrap();
+        let mut events = region.events();
+        let child = breaker("truncate-to", &path, &["65536"]);
+        wait_event(&mut events, WAIT, "Revoked", is_revoked);
+        let ev = wait_event(&mut events, WAIT, "Rebuilt", is_rebuilt);
+        wait_child(child, WAIT);
+        let RegionEventKind::Rebuilt {
+            len, generation, ..
+        } = ev.kind
+        else {
+            unreachable!()
+        };
+        assert_eq!((len, generation), (65536, 2));
+        assert_eq!(region.info().len, 65536);
+        region.commit(0..65536).unwrap();
+        assert!(region.commit(0..65537).is_err());
+
+        let child = breaker("truncate-to", &path, &["0"]);
+        wait_event(&mut events, WAIT, "Revoked", is_revoked);
+        let ev = wait_event(&mut events, WAIT, "Lost", |e| {
+            matches!(e.kind, RegionEventKind::Lost { .. })
+        });
+        wait_child(child, WAIT);
+        assert_eq!(
+            ev.kind,
+            RegionEventKind::Lost {
+                reason: LostReason::Shrunk { file_len: 0 }
+            }
+        );
+        assert_eq!(region.info().state, RegionState::Lost);
+        assert_eq!(
+            region.guard().unwrap_err(),
+            filemr::region::GuardError::Lost
+        );
+        drop(region);
+        let _ = std::fs::remove_file(path);
+    }
+    assert!(metrics_text().contains("filemr_region_lost_total{reason=\"shrunk\"}"));
+}
+
+#[test]
+#[ignore = "needs rxe0 (SoftRoCE) as root: cargo xtask test runs it in the qemu guests"]
+fn deleted_file_is_lost() {
+    let env = GuestEnv::get();
+    let path = make_file(&env.pagecache_dir, "deleted", 65536, 5);
+    let region = register(&path, 0, 65536, Access::ReadWrite).unwrap();
+    let mut events = region.events();
+    let child = breaker("open-unlink", &path, &[]);
+    wait_event(&mut events, WAIT, "Revoked", is_revoked);
+    wait_child(child, WAIT);
+    let ev = wait_event(&mut events, WAIT, "Lost", |e| {
+        matches!(e.kind, RegionEventKind::Lost { .. })
+    });
+    assert_eq!(
+        ev.kind,
+        RegionEventKind::Lost {
+            reason: LostReason::LeaseGone(filemr::lease::GoneReason::Deleted)
+        }
+    );
+    assert_eq!(
+        region.guard().unwrap_err(),
+        filemr::region::GuardError::Lost
+    );
+    assert!(metrics_text().contains("filemr_region_lost_total{reason=\"deleted\"}"));
+}
+
+#[test]
+#[ignore = "needs rxe0 (SoftRoCE) as root: cargo xtask test runs it in the qemu guests"]
+fn bad_input_gets_typed_errors() {
+    let env = GuestEnv::get();
+    let mgr = manager();
+    let dir = &env.pagecache_dir;
+    let path = make_file(dir, "bad", 8192, 0);
+
+    let e = register(&path, 4096, 8192, Access::Read).unwrap_err();
+    assert!(
+        matches!(e, RegionError::RangeBeyondEof { file_len: 8192, .. }),
+        "{e}"
+    );
+    assert_eq!(e.errno(), Errno::EINVAL);
+    let e = register(&path, u64::MAX, 1, Access::Read).unwrap_err();
+    assert!(matches!(e, RegionError::RangeBeyondEof { .. }), "{e}");
+    let e = register(&path, 0, 0, Access::Read).unwrap_err();
+    assert!(matches!(e, RegionError::ZeroLength { .. }), "{e}");
+    let e = register(dir, 0, 4096, Access::Read).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            RegionError::NotRegularFile {
+                errno: Errno::EISDIR,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = register(&dir.join("does-not-exist"), 0, 1, Access::Read).unwrap_err();
+    assert_eq!(e.errno(), Errno::ENOENT, "{e}");
+
+    // Another process holds the file open: no write lease (EAGAIN).
+    let mut holder = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("exec 3<'{}'; echo ready; sleep 60", path.display()))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let e = mgr.register(&path, 0, 4096, Access::ReadWrite).unwrap_err();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(
+        matches!(
+            e,
+            RegionError::Lease(filemr::lease::LeaseError::OtherOpenExists { .. })
+        ),
+        "{e}"
+    );
+    assert_eq!(e.errno(), Errno::EAGAIN);
+    assert!(
+        e.to_string().contains("another open of the file exists"),
+        "{e}"
+    );
+
+    // A missing device (checked before the lease engine starts).
+    let mut reg = prometheus_client::registry::Registry::default();
+    let _enter = RT.enter();
+    let e = Manager::new(ManagerConfig::new("nosuch9"), &mut reg).unwrap_err();
+    assert!(matches!(e, RegionError::Device { .. }), "{e}");
+    assert_eq!(e.errno(), Errno::ENODEV);
+    // And a second manager in the process is refused with a typed error.
+    let e = Manager::new(ManagerConfig::new(env.device.clone()), &mut reg).unwrap_err();
+    assert!(matches!(e, RegionError::EngineAlreadyRunning), "{e}");
+
+    let m = metrics_text();
+    assert!(
+        m.contains("filemr_region_registration_failures_total{errno=\"EAGAIN\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("filemr_region_registration_failures_total{errno=\"EISDIR\"}"),
+        "{m}"
+    );
+    let _ = std::fs::remove_file(path);
+}
+
+/// 1000 regions over 100 files; 50 files broken at once: exactly their regions revoke and
+/// rebuild, the others keep granting guards throughout.
+#[test]
+#[ignore = "needs rxe0 (SoftRoCE) as root: cargo xtask test runs it in the qemu guests"]
+fn many_regions_only_broken_files_revoke() {
+    const FILES: usize = 100;
+    const PER: usize = 10;
+    const SZ: usize = 64 * 1024;
+    let env = GuestEnv::get();
+    let mgr = manager();
+    let mut events = mgr.events();
+    let paths: Vec<_> = (0..FILES)
+        .map(|_| make_file(&env.pagecache_dir, "many", PER * SZ, 1))
+        .collect();
+    let mut regions = Vec::new();
+    for p in &paths {
+        for i in 0..PER {
+            regions.push(Arc::new(
+                register(p, (i * SZ) as u64, SZ, Access::ReadWrite).expect("register"),
+            ));
+        }
+    }
+    let broken: HashSet<u64> = regions[..FILES / 2 * PER].iter().map(|r| r.id()).collect();
+    let ours: HashSet<u64> = regions.iter().map(|r| r.id()).collect();
+    let kept: Vec<_> = regions[FILES / 2 * PER..].to_vec();
+    let stop = Arc::new(AtomicBool::new(false));
+    let refusals = Arc::new(AtomicU64::new(0));
+    let taken = Arc::new(AtomicU64::new(0));
+    let server = {
+        let (stop, refusals, taken) = (stop.clone(), refusals.clone(), taken.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for r in &kept {
+                    match r.guard() {
+                        Ok(_g) => taken.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => refusals.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            }
+        })
+    };
+    let children: Vec<_> = paths[..FILES / 2]
+        .iter()
+        .map(|p| breaker("open-write", p, &["/dev/null"]))
+        .collect();
+    let mut revoked = HashSet::new();
+    let mut rebuilt = HashSet::new();
+    let mut per_kind: HashMap<&str, usize> = HashMap::new();
+    while rebuilt.len() < broken.len() {
+        // Other tests of this binary share the manager: look at our regions only.
+        let ev = wait_event(
+            &mut events,
+            Duration::from_secs(120),
+            "many rebuilds",
+            |e| ours.contains(&e.region),
+        );
+        assert!(
+            broken.contains(&ev.region),
+            "a region of an untouched file got {ev:?}"
+        );
+        match ev.kind {
+            RegionEventKind::Revoked { forced, .. } => {
+                assert!(!forced);
+                revoked.insert(ev.region);
+                *per_kind.entry("revoked").or_default() += 1;
+            }
+            RegionEventKind::Rebuilt { .. } => {
+                assert!(revoked.contains(&ev.region), "rebuilt before revoked");
+                rebuilt.insert(ev.region);
+            }
+            RegionEventKind::Lost { .. } => panic!("lost: {ev:?}"),
+            _ => {}
+        }
+    }
+    for c in children {
+        wait_child(c, WAIT);
+    }
+    stop.store(true, Ordering::Relaxed);
+    server.join().unwrap();
+    assert_eq!(revoked, broken);
+    assert_eq!(
+        refusals.load(Ordering::Relaxed),
+        0,
+        "untouched regions refused guards"
+    );
+    assert!(taken.load(Ordering::Relaxed) > 0);
+    note(&format!(
+        "{}: many regions: {} revoked+rebuilt, {} guards taken on the others meanwhile",
+        env.profile,
+        rebuilt.len(),
+        taken.load(Ordering::Relaxed)
+    ));
+    drop(regions);
+    for p in paths {
+        let _ = std::fs::remove_file(p);
+    }
+}
