@@ -112,11 +112,16 @@ pub struct Helper {
 
 pub fn helper(role: &str, envs: &[(&str, String)]) -> Helper {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "lease_helper", "--nocapture", "--test-threads=1"])
-        .env("FILEMR_HELPER_ROLE", role)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    cmd.args([
+        "--exact",
+        "lease_reexec_entry",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("FILEMR_HELPER_ROLE", role)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -140,7 +145,7 @@ impl Helper {
         let fut = async {
             loop {
                 match self.lines.recv().await {
-                    // libtest prints "test lease_helper ... " without a newline first.
+                    // libtest prints "test lease_reexec_entry ... " without a newline first.
                     Some(l) => {
                         if let Some(i) = l.find(prefix) {
                             return l[i..].to_string();

@@ -167,11 +167,11 @@ impl Peer {
     }
 }
 
-/// Spawns this test binary again as a breaker (see [`breaker_helper`]).
+/// Spawns this test binary again as a breaker (see [`breaker_reexec_entry`]).
 pub fn breaker(mode: &str, file: &Path, args: &[&str]) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args([
-            "region_support::breaker_helper",
+            "region_support::breaker_reexec_entry",
             "--exact",
             "--ignored",
             "--nocapture",
@@ -212,7 +212,7 @@ pub fn wait_child(mut child: Child, timeout: Duration) {
 /// - `open-unlink`: open write-only (blocks), delete the file, close.
 #[test]
 #[ignore = "needs rxe0 (SoftRoCE) as root: cargo xtask test runs it in the qemu guests"]
-fn breaker_helper() {
+fn breaker_reexec_entry() {
     let Ok(mode) = std::env::var("FILEMR_BREAKER") else {
         return;
     };
