@@ -2,8 +2,7 @@
 //! registered DRAM. Chosen per device, file system and access by [`probe`], never by
 //! kernel version.
 
-mod odp;
-mod pinned;
+mod in_place;
 pub(crate) mod probe;
 mod staging;
 
@@ -72,8 +71,8 @@ pub(crate) fn build(
     access: Access,
 ) -> Result<Built, BuildError> {
     let (mr, mapping) = match strategy {
-        Strategy::Odp => odp::build(pd, fd, offset, len, access)?,
-        Strategy::Pinned => pinned::build(pd, fd, offset, len, access)?,
+        Strategy::Odp => in_place::build(pd, fd, offset, len, access, true)?,
+        Strategy::Pinned => in_place::build(pd, fd, offset, len, access, false)?,
         Strategy::Staging => staging::build(pd, fd, offset, len, access)?,
     };
     Ok(Built {

@@ -1,4 +1,6 @@
-//! ODP: the file mapping registered with `IBV_ACCESS_ON_DEMAND`; nothing is pinned.
+//! In place: the file mapping itself is registered, either with `IBV_ACCESS_ON_DEMAND`
+//! (ODP: nothing is pinned, the device faults pages in) or as a plain MR (pinned: the
+//! kernel pins the pages; the lease keeps the file from changing under them).
 
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
@@ -14,10 +16,14 @@ pub(super) fn build(
     offset: u64,
     len: usize,
     access: Access,
+    on_demand: bool,
 ) -> Result<(MemoryRegion, Arc<Mapping>), BuildError> {
     let map =
         Arc::new(Mapping::file(fd, offset, len, access.protection()).map_err(BuildError::Map)?);
-    let mr = MemoryRegion::register(pd, &map, access.mr_access() | MrAccess::ON_DEMAND)
-        .map_err(BuildError::Register)?;
+    let mut mr_access = access.mr_access();
+    if on_demand {
+        mr_access |= MrAccess::ON_DEMAND;
+    }
+    let mr = MemoryRegion::register(pd, &map, mr_access).map_err(BuildError::Register)?;
     Ok((mr, map))
 }
