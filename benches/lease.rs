@@ -19,10 +19,7 @@ use filemr::sys::lease_baseline as bare;
 const SIZES: [usize; 3] = [1, 100, 10_000];
 
 fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
 }
 
 /// The breaker: another process, reading a path per line, opening it
@@ -36,11 +33,7 @@ fn breaker_main() {
     for line in stdin.lock().lines() {
         let path = PathBuf::from(line.unwrap());
         let t0 = now_ns();
-        let r = open(
-            &path,
-            OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        );
+        let r = open(&path, OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC, Mode::empty());
         assert!(r.is_err(), "breaker open did not conflict with a lease");
         writeln!(out, "{t0}").unwrap();
         out.flush().unwrap();
@@ -108,11 +101,8 @@ fn baseline(files: &[PathBuf], n: usize, iters: usize, sig: i32, br: &mut Breake
             fd
         })
         .collect();
-    let by_fd: HashMap<i32, usize> = fds
-        .iter()
-        .enumerate()
-        .map(|(i, f)| (f.as_raw_fd(), i))
-        .collect();
+    let by_fd: HashMap<i32, usize> =
+        fds.iter().enumerate().map(|(i, f)| (f.as_raw_fd(), i)).collect();
     let mut s = Samples::default();
     for k in 0..iters {
         let i = (k * 7919) % n;
@@ -140,10 +130,8 @@ fn baseline(files: &[PathBuf], n: usize, iters: usize, sig: i32, br: &mut Breake
 async fn engine_run(files: &[PathBuf], n: usize, iters: usize, br: &mut Breaker) -> Samples {
     let engine = LeaseEngine::start().unwrap();
     let mut events = engine.subscribe();
-    let leases: Vec<_> = files[..n]
-        .iter()
-        .map(|p| engine.acquire(p, LeaseKind::Write).unwrap())
-        .collect();
+    let leases: Vec<_> =
+        files[..n].iter().map(|p| engine.acquire(p, LeaseKind::Write).unwrap()).collect();
     let mut s = Samples::default();
     for k in 0..iters {
         let i = (k * 7919) % n;
@@ -175,10 +163,8 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let iters: usize = std::env::var("FILEMR_BENCH_ITERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
+    let iters: usize =
+        std::env::var("FILEMR_BENCH_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
     let base_sig = libc::SIGRTMIN() + 9;
     // Before any other thread exists, so every later thread inherits the mask.
     bare::block(base_sig).unwrap();
@@ -202,11 +188,8 @@ fn main() {
             p
         })
         .collect();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mut br = Breaker::spawn();
     println!(
         "lease benchmark: {iters} breaks per size; medians (p99); ratio = engine / bare fcntl+sigwaitinfo"
@@ -229,11 +212,7 @@ fn main() {
         let (br_, br99) = stats(&mut b.release);
         let (er, er99) = stats(&mut e.release);
         let f = |m: Duration, p: Duration| {
-            format!(
-                "{:.1}µs ({:.1}µs)",
-                m.as_secs_f64() * 1e6,
-                p.as_secs_f64() * 1e6
-            )
+            format!("{:.1}µs ({:.1}µs)", m.as_secs_f64() * 1e6, p.as_secs_f64() * 1e6)
         };
         println!(
             "{n:>7} | {:>22} {:>22} {:>6.2} | {:>22} {:>22} {:>6.2}",

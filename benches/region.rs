@@ -54,9 +54,7 @@ pub fn guard_vs_mutex() -> String {
 }
 
 fn dir() -> PathBuf {
-    std::env::var_os("FILEMR_PAGECACHE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir)
+    std::env::var_os("FILEMR_PAGECACHE_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir)
 }
 
 fn file(dir: &Path, tag: &str, i: usize, len: usize) -> PathBuf {
@@ -84,11 +82,7 @@ pub fn registration_in(mgr: &Manager, d: &Path) -> String {
         ours.push(t.elapsed().as_secs_f64());
         drop(r);
         // Raw: the same memory the strategy registers, through ibv_reg_mr directly.
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
         let t = Instant::now();
         let map = Arc::new(match strategy {
             filemr::region::Strategy::Staging => Mapping::anonymous(LEN).unwrap(),
@@ -125,18 +119,13 @@ pub fn revocation_in(rt: &tokio::runtime::Runtime, mgr: &Manager, d: &Path) -> V
             let p = file(d, "rev", i, per * SZ);
             for j in 0..per {
                 if regions.len() + 1 < n {
-                    regions.push(
-                        mgr.register(&p, (j * SZ) as u64, SZ, Access::ReadWrite)
-                            .unwrap(),
-                    );
+                    regions.push(mgr.register(&p, (j * SZ) as u64, SZ, Access::ReadWrite).unwrap());
                 }
             }
             paths.push(p);
         }
         let victim_path = file(d, "victim", n, SZ);
-        let victim = mgr
-            .register(&victim_path, 0, SZ, Access::ReadWrite)
-            .unwrap();
+        let victim = mgr.register(&victim_path, 0, SZ, Access::ReadWrite).unwrap();
         let mut events = victim.events();
         let mut samples = Vec::new();
         for _ in 0..5 {
@@ -184,10 +173,7 @@ pub fn revocation_in(rt: &tokio::runtime::Runtime, mgr: &Manager, d: &Path) -> V
 fn main() {
     println!("{}", guard_vs_mutex());
     let device = std::env::var("FILEMR_RXE_DEVICE").unwrap_or_else(|_| "rxe0".into());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let mut registry = prometheus_client::registry::Registry::default();
     let mgr = {
         let _enter = rt.enter();

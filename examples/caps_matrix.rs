@@ -29,10 +29,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!(
-        "device {}  fw {}  ports {}",
-        caps.name, caps.fw_ver, caps.phys_ports
-    );
+    println!("device {}  fw {}  ports {}", caps.name, caps.fw_ver, caps.phys_ports);
     println!("  max MR size      {:#x}", caps.max_mr_size);
     println!(
         "  ODP              {} (general {:#x}, rc {:#x}, uc {:#x}, ud {:#x})",

@@ -17,10 +17,7 @@ const PORT_ACTIVE: u32 = 9;
 const PORT_ERR: u32 = 10;
 
 fn ip_link(state: &str) {
-    let st = Command::new("ip")
-        .args(["link", "set", "eth0", state])
-        .status()
-        .expect("run ip");
+    let st = Command::new("ip").args(["link", "set", "eth0", state]).status().expect("run ip");
     assert!(st.success(), "ip link set eth0 {state}");
 }
 

@@ -19,13 +19,8 @@ const WAIT: Duration = Duration::from_secs(20);
 
 fn file_of(dir: &Path, fill: u8) -> (std::fs::File, std::path::PathBuf) {
     let path = unique_path(dir, "data");
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
+    let f =
+        OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
     f.write_all_at(&vec![fill; LEN], 0).unwrap();
     f.sync_all().unwrap();
     (f, path)
@@ -62,21 +57,14 @@ fn write_then_read(env: &GuestEnv, dir: &Path, access: Access) {
     let src = Arc::new(Mapping::anonymous(LEN).unwrap());
     src.write_at(0, &data).unwrap();
     let local = MemoryRegion::register(&pd, &src, Access::LOCAL_WRITE).unwrap();
-    let remote = RemoteBuf {
-        addr: target.addr(),
-        rkey: target.rkey(),
-    };
+    let remote = RemoteBuf { addr: target.addr(), rkey: target.rkey() };
     qa.post_write(1, &local, 0, LEN, remote).unwrap();
     let wc = cq.wait_one(WAIT).unwrap();
     assert_eq!((wc.wr_id, wc.status), (1, WcStatus::Success));
     map.sync().unwrap();
     let mut back = vec![0; LEN];
     file.read_exact_at(&mut back, 0).unwrap();
-    assert_same(
-        &back,
-        &data,
-        &format!("pread after RDMA WRITE ({access:?})"),
-    );
+    assert_same(&back, &data, &format!("pread after RDMA WRITE ({access:?})"));
 
     // Change the file through the file system, then RDMA READ must return the new bytes.
     let newer = pattern(LEN, 9);
@@ -102,18 +90,13 @@ fn rdma_write_and_read_through_a_page_cache_file_mapping() {
     let (_ctx, pd, _cq) = env.open();
     let (file, path) = file_of(&env.pagecache_dir, 0);
     let map = Arc::new(Mapping::file(&file, 0, LEN, Protection::ReadWrite).unwrap());
-    let pinned = MemoryRegion::register(&pd, &map, rw)
-        .map(drop)
-        .map_err(|e| e.errno);
+    let pinned = MemoryRegion::register(&pd, &map, rw).map(drop).map_err(|e| e.errno);
     drop((map, file));
     let _ = std::fs::remove_file(path);
     match pinned {
         Ok(()) => write_then_read(&env, &env.pagecache_dir, rw),
         Err(Errno::EFAULT) => {
-            assert!(
-                env.expect_odp,
-                "writable file pin refused (EFAULT) on a kernel without ODP"
-            );
+            assert!(env.expect_odp, "writable file pin refused (EFAULT) on a kernel without ODP");
             write_then_read(&env, &env.pagecache_dir, rw | Access::ON_DEMAND)
         }
         Err(e) => panic!("unexpected errno registering a page-cache file mapping: {e}"),
@@ -146,10 +129,7 @@ fn rdma_write_with_a_wrong_rkey_fails_with_remote_access_error() {
     let (qa, _qb) = filemr::verbs::QueuePair::loopback_pair(&pd, &cq, 1).unwrap();
     let buf = Arc::new(Mapping::anonymous(4096).unwrap());
     let mr = MemoryRegion::register(&pd, &buf, Access::LOCAL_WRITE | Access::REMOTE_WRITE).unwrap();
-    let bad = RemoteBuf {
-        addr: mr.addr(),
-        rkey: mr.rkey() ^ 0x5500,
-    };
+    let bad = RemoteBuf { addr: mr.addr(), rkey: mr.rkey() ^ 0x5500 };
     qa.post_write(7, &mr, 0, 64, bad).unwrap();
     let wc = cq.wait_one(WAIT).unwrap();
     assert_eq!(wc.status, WcStatus::RemoteAccess);
@@ -172,10 +152,7 @@ fn send_and_recv_carry_a_message() {
         assert_eq!(wc.status, WcStatus::Success, "{wc:?}");
         seen.push(wc);
     }
-    let recv = seen
-        .iter()
-        .find(|w| w.wr_id == 10)
-        .expect("recv completion");
+    let recv = seen.iter().find(|w| w.wr_id == 10).expect("recv completion");
     assert_eq!(recv.byte_len, 17);
     let mut got = [0u8; 17];
     buf.read_at(4096, &mut got).unwrap();
@@ -204,10 +181,7 @@ fn small_transfers(env: &GuestEnv, dir: &Path, access: Access) -> Vec<(usize, us
     ];
     let mut out = Vec::new();
     for (i, (off, len)) in cases.iter().copied().enumerate() {
-        let remote = RemoteBuf {
-            addr: target.addr() + off as u64,
-            rkey: target.rkey(),
-        };
+        let remote = RemoteBuf { addr: target.addr() + off as u64, rkey: target.rkey() };
         qa.post_write(i as u64, &local, 0, len, remote).unwrap();
         assert_eq!(cq.wait_one(WAIT).unwrap().status, WcStatus::Success);
         let mut back = vec![0; len];
@@ -216,8 +190,7 @@ fn small_transfers(env: &GuestEnv, dir: &Path, access: Access) -> Vec<(usize, us
         // READ: put known bytes in the file there, read them over RDMA into src[4096..].
         let known = pattern(len, 77);
         file.write_all_at(&known, off as u64).unwrap();
-        qa.post_read(100 + i as u64, &local, 4096, len, remote)
-            .unwrap();
+        qa.post_read(100 + i as u64, &local, 4096, len, remote).unwrap();
         assert_eq!(cq.wait_one(WAIT).unwrap().status, WcStatus::Success);
         let mut got = vec![0; len];
         src.read_at(4096, &mut got).unwrap();

@@ -11,19 +11,11 @@ use guest::GuestEnv;
 fn probe_finds_rxe_and_odp_caps_match_the_kernel() {
     let env = GuestEnv::get();
     let names = device_names().expect("device list");
-    assert!(
-        names.contains(&env.device),
-        "{} not in {names:?}",
-        env.device
-    );
+    assert!(names.contains(&env.device), "{} not in {names:?}", env.device);
     let (ctx, _pd, _cq) = env.open();
     let caps = ctx.caps().expect("query_device_ex");
     assert_eq!(caps.name, env.device);
-    assert!(
-        caps.max_mr_size >= 8 << 20,
-        "max MR size {:#x}",
-        caps.max_mr_size
-    );
+    assert!(caps.max_mr_size >= 8 << 20, "max MR size {:#x}", caps.max_mr_size);
     assert_eq!(
         caps.odp.supported(),
         env.expect_odp,
@@ -52,10 +44,7 @@ fn memory_windows_of_both_types_allocate() {
     let env = GuestEnv::get();
     let (ctx, pd, _cq) = env.open();
     let caps = ctx.caps().unwrap();
-    assert!(
-        caps.mw_type1 && caps.mw_type2,
-        "rxe reports MW support: {caps:?}"
-    );
+    assert!(caps.mw_type1 && caps.mw_type2, "rxe reports MW support: {caps:?}");
     let w1 = MemoryWindow::alloc(&pd, MwType::Type1).expect("type 1 MW");
     let w2 = MemoryWindow::alloc(&pd, MwType::Type2).expect("type 2 MW");
     assert_eq!((w1.kind(), w2.kind()), (MwType::Type1, MwType::Type2));

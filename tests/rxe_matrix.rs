@@ -71,12 +71,7 @@ fn assert_matrix(label: &str, dir: &Path, fs: Fs, with_anonymous: bool) {
             env.expect_odp,
         );
         let got = run_case(&pd, case);
-        println!(
-            "{label:<16} {:<42} got {:<12} want {}",
-            case.label,
-            show(&got),
-            show(&want)
-        );
+        println!("{label:<16} {:<42} got {:<12} want {}", case.label, show(&got), show(&want));
         if got != want {
             wrong.push(format!(
                 "row `{label}: {}`: got {}, KERNEL-FACTS says {}",
@@ -113,10 +108,7 @@ fn matrix_page_cache_ext4_and_anonymous() {
 #[ignore = "needs rxe0 (SoftRoCE) as root: cargo xtask test runs it in the qemu guests"]
 fn matrix_fs_dax_xfs() {
     let env = GuestEnv::get();
-    let dir = env
-        .xfs_dax_dir
-        .clone()
-        .expect("FILEMR_XFS_DAX_DIR set by the harness");
+    let dir = env.xfs_dax_dir.clone().expect("FILEMR_XFS_DAX_DIR set by the harness");
     assert_matrix("FS-DAX xfs", &dir, Fs::Dax, false);
 }
 
@@ -133,36 +125,15 @@ fn expectations_cover_the_kernel_facts_table() {
         Err(Errno::EINVAL)
     );
     assert_eq!(
-        expected(
-            Fs::PageCache,
-            &f,
-            MrKind::Pinned,
-            true,
-            Protection::ReadWrite,
-            true
-        ),
+        expected(Fs::PageCache, &f, MrKind::Pinned, true, Protection::ReadWrite, true),
         Err(Errno::EFAULT)
     );
     assert_eq!(
-        expected(
-            Fs::PageCache,
-            &f,
-            MrKind::Pinned,
-            false,
-            Protection::Read,
-            false
-        ),
+        expected(Fs::PageCache, &f, MrKind::Pinned, false, Protection::Read, false),
         Err(Errno::EFAULT)
     );
     assert_eq!(
-        expected(
-            Fs::PageCache,
-            &f,
-            MrKind::Pinned,
-            false,
-            Protection::ReadWrite,
-            false
-        ),
+        expected(Fs::PageCache, &f, MrKind::Pinned, false, Protection::ReadWrite, false),
         Ok(())
     );
 }

@@ -53,24 +53,13 @@ fn no_byte_lost(dir: &Path, fs: &str) {
     let child = breaker(
         "truncate-write",
         &path,
-        &[
-            src.to_str().unwrap(),
-            seen.to_str().unwrap(),
-            stamp.to_str().unwrap(),
-        ],
+        &[src.to_str().unwrap(), seen.to_str().unwrap(), stamp.to_str().unwrap()],
     );
-    wait_event(&mut events, WAIT, "Revoking", |e| {
-        e.kind == RegionEventKind::Revoking
-    });
+    wait_event(&mut events, WAIT, "Revoking", |e| e.kind == RegionEventKind::Revoking);
     let revoked = wait_event(&mut events, WAIT, "Revoked", is_revoked);
-    let RegionEventKind::Revoked { reason, forced, .. } = revoked.kind else {
-        unreachable!()
-    };
+    let RegionEventKind::Revoked { reason, forced, .. } = revoked.kind else { unreachable!() };
     assert_eq!((reason, forced), (RevokeReason::LeaseBroken, false));
-    assert_eq!(
-        region.guard().unwrap_err(),
-        filemr::region::GuardError::Revoked
-    );
+    assert_eq!(region.guard().unwrap_err(), filemr::region::GuardError::Revoked);
     let rebuilt = wait_event(&mut events, WAIT, "Rebuilt", is_rebuilt);
     wait_child(child, WAIT);
 
@@ -89,37 +78,21 @@ fn no_byte_lost(dir: &Path, fs: &str) {
     );
 
     // Rebuilt with a new generation and rkey, over the file's new content B.
-    let RegionEventKind::Rebuilt {
-        rkey,
-        addr,
-        len,
-        generation,
-        ..
-    } = rebuilt.kind
-    else {
+    let RegionEventKind::Rebuilt { rkey, addr, len, generation, .. } = rebuilt.kind else {
         unreachable!()
     };
     assert_eq!(generation, before.generation + 1);
     assert_ne!(rkey, before.rkey, "rebuilt region must have a new rkey");
     assert_eq!(len, LEN);
     let now = region.info();
-    assert_eq!(
-        (now.rkey, now.addr, now.state),
-        (rkey, addr, RegionState::Registered)
-    );
+    assert_eq!((now.rkey, now.addr, now.state), (rkey, addr, RegionState::Registered));
     let (st, got) = peer.read(LEN, addr, rkey);
     assert_eq!(st, WcStatus::Success);
-    assert!(
-        got == b[OFF as usize..],
-        "rebuilt region does not show pattern B"
-    );
+    assert!(got == b[OFF as usize..], "rebuilt region does not show pattern B");
 
     // The old rkey is dead.
     let stale = Peer::new(4096);
-    assert_eq!(
-        stale.write(&[7; 64], before.addr, before.rkey),
-        WcStatus::RemoteAccess
-    );
+    assert_eq!(stale.write(&[7; 64], before.addr, before.rkey), WcStatus::RemoteAccess);
 
     // The new rkey lands in the file.
     let c = pattern(4096, 3);
@@ -132,10 +105,7 @@ fn no_byte_lost(dir: &Path, fs: &str) {
     drop(region);
     let mut want = b.clone();
     want[OFF as usize + 1000..OFF as usize + 1000 + 4096].copy_from_slice(&c);
-    assert!(
-        std::fs::read(&path).unwrap() == want,
-        "file is not pattern B with the new write"
-    );
+    assert!(std::fs::read(&path).unwrap() == want, "file is not pattern B with the new write");
     let m = metrics_text();
     assert!(
         m.contains("filemr_region_revocations_total{reason=\"lease_broken\",forced=\"false\"}"),
@@ -186,11 +156,7 @@ fn strategy_matches_the_probe_and_the_matrix() {
             };
             assert_eq!(d.strategy, want, "{fs} {access:?}: {}", d.reason);
             if env.expect_odp {
-                let off = if access.is_writable() {
-                    "offset 100"
-                } else {
-                    "offset 300"
-                };
+                let off = if access.is_writable() { "offset 100" } else { "offset 300" };
                 assert!(
                     d.reason.contains("odp: registered, but") && d.reason.contains(off),
                     "the reason must name the ODP off-page-boundary failure: {}",
@@ -200,14 +166,9 @@ fn strategy_matches_the_probe_and_the_matrix() {
                 assert!(d.reason.contains("odp: not offered"), "{}", d.reason);
             }
             if want == Strategy::Staging {
-                let errno = if fs == "fs-dax" {
-                    "EOPNOTSUPP"
-                } else {
-                    "EFAULT"
-                };
+                let errno = if fs == "fs-dax" { "EOPNOTSUPP" } else { "EFAULT" };
                 assert!(
-                    d.reason
-                        .contains(&format!("pinned: ibv_reg_mr failed: {errno}")),
+                    d.reason.contains(&format!("pinned: ibv_reg_mr failed: {errno}")),
                     "{}",
                     d.reason
                 );
@@ -233,12 +194,7 @@ fn shrink_to_half_rebuilds_shorter_and_to_zero_loses() {
         wait_event(&mut events, WAIT, "Revoked", is_revoked);
         let ev = wait_event(&mut events, WAIT, "Rebuilt", is_rebuilt);
         wait_child(child, WAIT);
-        let RegionEventKind::Rebuilt {
-            len, generation, ..
-        } = ev.kind
-        else {
-            unreachable!()
-        };
+        let RegionEventKind::Rebuilt { len, generation, .. } = ev.kind else { unreachable!() };
         assert_eq!((len, generation), (65536, 2));
         assert_eq!(region.info().len, 65536);
         region.commit(0..65536).unwrap();
@@ -250,17 +206,9 @@ fn shrink_to_half_rebuilds_shorter_and_to_zero_loses() {
             matches!(e.kind, RegionEventKind::Lost { .. })
         });
         wait_child(child, WAIT);
-        assert_eq!(
-            ev.kind,
-            RegionEventKind::Lost {
-                reason: LostReason::Shrunk { file_len: 0 }
-            }
-        );
+        assert_eq!(ev.kind, RegionEventKind::Lost { reason: LostReason::Shrunk { file_len: 0 } });
         assert_eq!(region.info().state, RegionState::Lost);
-        assert_eq!(
-            region.guard().unwrap_err(),
-            filemr::region::GuardError::Lost
-        );
+        assert_eq!(region.guard().unwrap_err(), filemr::region::GuardError::Lost);
         drop(region);
         let _ = std::fs::remove_file(path);
     }
@@ -277,19 +225,13 @@ fn deleted_file_is_lost() {
     let child = breaker("open-unlink", &path, &[]);
     wait_event(&mut events, WAIT, "Revoked", is_revoked);
     wait_child(child, WAIT);
-    let ev = wait_event(&mut events, WAIT, "Lost", |e| {
-        matches!(e.kind, RegionEventKind::Lost { .. })
-    });
+    let ev =
+        wait_event(&mut events, WAIT, "Lost", |e| matches!(e.kind, RegionEventKind::Lost { .. }));
     assert_eq!(
         ev.kind,
-        RegionEventKind::Lost {
-            reason: LostReason::LeaseGone(filemr::lease::GoneReason::Deleted)
-        }
+        RegionEventKind::Lost { reason: LostReason::LeaseGone(filemr::lease::GoneReason::Deleted) }
     );
-    assert_eq!(
-        region.guard().unwrap_err(),
-        filemr::region::GuardError::Lost
-    );
+    assert_eq!(region.guard().unwrap_err(), filemr::region::GuardError::Lost);
     assert!(metrics_text().contains("filemr_region_lost_total{reason=\"deleted\"}"));
 }
 
@@ -302,26 +244,14 @@ fn bad_input_gets_typed_errors() {
     let path = make_file(dir, "bad", 8192, 0);
 
     let e = register(&path, 4096, 8192, Access::Read).unwrap_err();
-    assert!(
-        matches!(e, RegionError::RangeBeyondEof { file_len: 8192, .. }),
-        "{e}"
-    );
+    assert!(matches!(e, RegionError::RangeBeyondEof { file_len: 8192, .. }), "{e}");
     assert_eq!(e.errno(), Errno::EINVAL);
     let e = register(&path, u64::MAX, 1, Access::Read).unwrap_err();
     assert!(matches!(e, RegionError::RangeBeyondEof { .. }), "{e}");
     let e = register(&path, 0, 0, Access::Read).unwrap_err();
     assert!(matches!(e, RegionError::ZeroLength { .. }), "{e}");
     let e = register(dir, 0, 4096, Access::Read).unwrap_err();
-    assert!(
-        matches!(
-            e,
-            RegionError::NotRegularFile {
-                errno: Errno::EISDIR,
-                ..
-            }
-        ),
-        "{e}"
-    );
+    assert!(matches!(e, RegionError::NotRegularFile { errno: Errno::EISDIR, .. }), "{e}");
     let e = register(&dir.join("does-not-exist"), 0, 1, Access::Read).unwrap_err();
     assert_eq!(e.errno(), Errno::ENOENT, "{e}");
 
@@ -343,17 +273,11 @@ fn bad_input_gets_typed_errors() {
     let _ = holder.kill();
     let _ = holder.wait();
     assert!(
-        matches!(
-            e,
-            RegionError::Lease(filemr::lease::LeaseError::OtherOpenExists { .. })
-        ),
+        matches!(e, RegionError::Lease(filemr::lease::LeaseError::OtherOpenExists { .. })),
         "{e}"
     );
     assert_eq!(e.errno(), Errno::EAGAIN);
-    assert!(
-        e.to_string().contains("another open of the file exists"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("another open of the file exists"), "{e}");
 
     // A missing device (checked before the lease engine starts).
     let mut reg = prometheus_client::registry::Registry::default();
@@ -366,14 +290,8 @@ fn bad_input_gets_typed_errors() {
     assert!(matches!(e, RegionError::EngineAlreadyRunning), "{e}");
 
     let m = metrics_text();
-    assert!(
-        m.contains("filemr_region_registration_failures_total{errno=\"EAGAIN\"}"),
-        "{m}"
-    );
-    assert!(
-        m.contains("filemr_region_registration_failures_total{errno=\"EISDIR\"}"),
-        "{m}"
-    );
+    assert!(m.contains("filemr_region_registration_failures_total{errno=\"EAGAIN\"}"), "{m}");
+    assert!(m.contains("filemr_region_registration_failures_total{errno=\"EISDIR\"}"), "{m}");
     let _ = std::fs::remove_file(path);
 }
 
@@ -388,9 +306,8 @@ fn many_regions_only_broken_files_revoke() {
     let env = GuestEnv::get();
     let mgr = manager();
     let mut events = mgr.events();
-    let paths: Vec<_> = (0..FILES)
-        .map(|_| make_file(&env.pagecache_dir, "many", PER * SZ, 1))
-        .collect();
+    let paths: Vec<_> =
+        (0..FILES).map(|_| make_file(&env.pagecache_dir, "many", PER * SZ, 1)).collect();
     let mut regions = Vec::new();
     for p in &paths {
         for i in 0..PER {
@@ -418,25 +335,17 @@ fn many_regions_only_broken_files_revoke() {
             }
         })
     };
-    let children: Vec<_> = paths[..FILES / 2]
-        .iter()
-        .map(|p| breaker("open-write", p, &["/dev/null"]))
-        .collect();
+    let children: Vec<_> =
+        paths[..FILES / 2].iter().map(|p| breaker("open-write", p, &["/dev/null"])).collect();
     let mut revoked = HashSet::new();
     let mut rebuilt = HashSet::new();
     let mut per_kind: HashMap<&str, usize> = HashMap::new();
     while rebuilt.len() < broken.len() {
         // Other tests of this binary share the manager: look at our regions only.
-        let ev = wait_event(
-            &mut events,
-            Duration::from_secs(120),
-            "many rebuilds",
-            |e| ours.contains(&e.region),
-        );
-        assert!(
-            broken.contains(&ev.region),
-            "a region of an untouched file got {ev:?}"
-        );
+        let ev = wait_event(&mut events, Duration::from_secs(120), "many rebuilds", |e| {
+            ours.contains(&e.region)
+        });
+        assert!(broken.contains(&ev.region), "a region of an untouched file got {ev:?}");
         match ev.kind {
             RegionEventKind::Revoked { forced, .. } => {
                 assert!(!forced);
@@ -457,11 +366,7 @@ fn many_regions_only_broken_files_revoke() {
     stop.store(true, Ordering::Relaxed);
     server.join().unwrap();
     assert_eq!(revoked, broken);
-    assert_eq!(
-        refusals.load(Ordering::Relaxed),
-        0,
-        "untouched regions refused guards"
-    );
+    assert_eq!(refusals.load(Ordering::Relaxed), 0, "untouched regions refused guards");
     assert!(taken.load(Ordering::Relaxed) > 0);
     note(&format!(
         "{}: many regions: {} revoked+rebuilt, {} guards taken on the others meanwhile",

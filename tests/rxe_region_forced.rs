@@ -39,10 +39,7 @@ fn mr_lines_with(rkey: u32) -> Vec<String> {
         .expect("run rdma resource show mr");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let key = format!("rkey 0x{rkey:x} ");
-    text.lines()
-        .filter(|l| format!("{l} ").contains(&key))
-        .map(String::from)
-        .collect()
+    text.lines().filter(|l| format!("{l} ").contains(&key)).map(String::from).collect()
 }
 
 #[test]
@@ -65,9 +62,7 @@ fn guard_held_forever_is_forced_and_no_mr_remains() {
         let start = Instant::now();
         let child = breaker("open-write", &path, &[stamp.to_str().unwrap()]);
         let ev = wait_event(&mut events, Duration::from_secs(10), "Revoked", is_revoked);
-        let RegionEventKind::Revoked { reason, forced, .. } = ev.kind else {
-            unreachable!()
-        };
+        let RegionEventKind::Revoked { reason, forced, .. } = ev.kind else { unreachable!() };
         assert_eq!(reason, RevokeReason::LeaseBroken);
         assert!(forced, "a guard was held past the deadline: must be forced");
         assert!(start.elapsed() < Duration::from_secs(4));
@@ -80,9 +75,7 @@ fn guard_held_forever_is_forced_and_no_mr_remains() {
         wait_child(child, Duration::from_secs(10));
         assert!(stamp.exists());
         let ev = wait_event(&mut events, WAIT, "Rebuilt", is_rebuilt);
-        let RegionEventKind::Rebuilt { rkey, .. } = ev.kind else {
-            unreachable!()
-        };
+        let RegionEventKind::Rebuilt { rkey, .. } = ev.kind else { unreachable!() };
         assert_ne!(rkey, info.rkey);
         // The stale guard does not hold the new generation.
         drop(held);

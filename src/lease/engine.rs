@@ -137,10 +137,7 @@ impl LeaseEngine {
                 op: "use a lease signal other than the one installed earlier in this process",
                 errno: Errno::EINVAL,
             },
-            ClaimError::Sys(errno) => LeaseError::Setup {
-                op: "sigaction",
-                errno,
-            },
+            ClaimError::Sys(errno) => LeaseError::Setup { op: "sigaction", errno },
         })?;
         let inner = Arc::new(Inner {
             cfg,
@@ -169,10 +166,9 @@ impl LeaseEngine {
     /// lease; a write acquisition of a file leased for reading fails with
     /// [`LeaseError::UpgradeUnsupported`].
     pub fn acquire(&self, path: impl AsRef<Path>, kind: LeaseKind) -> LeaseResult<Lease> {
-        self.inner.acquire(path.as_ref(), kind).map(|entry| Lease {
-            inner: self.inner.clone(),
-            entry,
-        })
+        self.inner
+            .acquire(path.as_ref(), kind)
+            .map(|entry| Lease { inner: self.inner.clone(), entry })
     }
 
     /// Releases the lease on `file` after a break (`F_UNLCK`), reports how long it took
@@ -243,11 +239,7 @@ pub(crate) fn classify_setlease(
             LeaseError::LeasesDisabled { path, errno }
         }
         Errno::EINVAL => LeaseError::Unsupported { path, errno },
-        _ => LeaseError::Sys {
-            path,
-            op: "fcntl(F_SETLEASE)",
-            errno,
-        },
+        _ => LeaseError::Sys { path, op: "fcntl(F_SETLEASE)", errno },
     }
 }
 
@@ -257,23 +249,14 @@ fn is_regular(st: &FileStat) -> bool {
 
 impl Inner {
     pub(crate) fn emit(&self, ev: LeaseEvent) {
-        self.subscribers
-            .lock()
-            .retain(|tx| tx.send(ev.clone()).is_ok());
+        self.subscribers.lock().retain(|tx| tx.send(ev.clone()).is_ok());
     }
 
     fn acquire(&self, path: &Path, kind: LeaseKind) -> LeaseResult<Arc<Entry>> {
-        let sys = |op: &'static str| {
-            move |errno| LeaseError::Sys {
-                path: path.to_path_buf(),
-                op,
-                errno,
-            }
-        };
-        let not_regular = || LeaseError::NotRegularFile {
-            path: path.to_path_buf(),
-            errno: Errno::EINVAL,
-        };
+        let sys =
+            |op: &'static str| move |errno| LeaseError::Sys { path: path.to_path_buf(), op, errno };
+        let not_regular =
+            || LeaseError::NotRegularFile { path: path.to_path_buf(), errno: Errno::EINVAL };
         // Serialise acquisitions: two concurrent first acquisitions of one file would
         // both open it, and the second open would break the first one's lease.
         let _gate = self.acquire_gate.lock();
@@ -297,15 +280,8 @@ impl Inner {
                 Mode::empty(),
             )
             .map_err(|errno| match errno {
-                Errno::EAGAIN => LeaseError::LeasedElsewhere {
-                    path: path.to_path_buf(),
-                    errno,
-                },
-                _ => LeaseError::Sys {
-                    path: path.to_path_buf(),
-                    op: "open",
-                    errno,
-                },
+                Errno::EAGAIN => LeaseError::LeasedElsewhere { path: path.to_path_buf(), errno },
+                _ => LeaseError::Sys { path: path.to_path_buf(), op: "open", errno },
             })?;
             let st = nix::sys::stat::fstat(&fd).map_err(sys("fstat"))?;
             if !is_regular(&st) {
@@ -343,9 +319,7 @@ impl Inner {
             return Ok(None);
         };
         if entry.kind == LeaseKind::Read && kind == LeaseKind::Write {
-            return Err(LeaseError::UpgradeUnsupported {
-                path: path.to_path_buf(),
-            });
+            return Err(LeaseError::UpgradeUnsupported { path: path.to_path_buf() });
         }
         entry.refs.fetch_add(1, Ordering::AcqRel);
         Ok(Some(entry.clone()))
@@ -361,9 +335,7 @@ impl Inner {
             LeaseState::Breaking { arrived, .. } => (arrived, false),
             LeaseState::Forced { arrived } => (arrived, true),
             _ => {
-                return Err(LeaseError::NoBreakPending {
-                    path: entry.path.to_path_buf(),
-                });
+                return Err(LeaseError::NoBreakPending { path: entry.path.to_path_buf() });
             }
         };
         // F_UNLCK on a lease the kernel already removed fails with EAGAIN: that is how
@@ -391,12 +363,8 @@ impl Inner {
             });
         }
         tracing::debug!(file = %entry.id, forced, "lease released");
-        self.rt
-            .spawn(reacquire::run(self.clone(), entry.clone(), now));
-        Ok(ReleaseReport {
-            since_break: now.saturating_duration_since(arrived),
-            forced,
-        })
+        self.rt.spawn(reacquire::run(self.clone(), entry.clone(), now));
+        Ok(ReleaseReport { since_break: now.saturating_duration_since(arrived), forced })
     }
 
     pub(crate) fn drop_ref(&self, entry: &Arc<Entry>) {
@@ -420,11 +388,7 @@ impl Inner {
 
     /// Removes `entry` from the table if it is the one registered there.
     pub(crate) fn unlink(table: &mut Table, entry: &Arc<Entry>) {
-        if table
-            .by_id
-            .get(&entry.id)
-            .is_some_and(|e| Arc::ptr_eq(e, entry))
-        {
+        if table.by_id.get(&entry.id).is_some_and(|e| Arc::ptr_eq(e, entry)) {
             table.by_id.remove(&entry.id);
         }
         let fd = entry.fd.as_raw_fd();

@@ -88,10 +88,7 @@ impl Entry {
             kind,
             fd,
             refs: AtomicUsize::new(1),
-            state: Mutex::new(EntryState {
-                state: LeaseState::Held,
-                generation: 0,
-            }),
+            state: Mutex::new(EntryState { state: LeaseState::Held, generation: 0 }),
             wake: Notify::new(),
         }
     }
@@ -142,13 +139,8 @@ impl Lease {
 
 impl Clone for Lease {
     fn clone(&self) -> Self {
-        self.entry
-            .refs
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        Lease {
-            inner: self.inner.clone(),
-            entry: self.entry.clone(),
-        }
+        self.entry.refs.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Lease { inner: self.inner.clone(), entry: self.entry.clone() }
     }
 }
 

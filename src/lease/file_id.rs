@@ -17,10 +17,7 @@ pub struct FileId {
 
 impl FileId {
     pub(crate) fn from_stat(st: &FileStat) -> FileId {
-        FileId {
-            dev: st.st_dev,
-            ino: st.st_ino,
-        }
+        FileId { dev: st.st_dev, ino: st.st_ino }
     }
 }
 

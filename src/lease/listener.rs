@@ -84,10 +84,7 @@ pub(crate) async fn run(weak: Weak<Inner>, pipe: AsyncFd<OwnedFd>) {
 fn rescan_all(inner: &Arc<Inner>, arrived: Instant, deadline: Instant) {
     inner.counters.rescans.fetch_add(1, Ordering::Relaxed);
     let entries: Vec<Arc<Entry>> = inner.table.lock().by_fd.values().cloned().collect();
-    tracing::debug!(
-        leases = entries.len(),
-        "rescanning leases after a signal overflow"
-    );
+    tracing::debug!(leases = entries.len(), "rescanning leases after a signal overflow");
     for entry in entries {
         deliver(inner, &entry, arrived, deadline, true);
     }
@@ -128,10 +125,7 @@ fn deliver(
     drop(st);
     inner.counters.breaks.fetch_add(1, Ordering::Relaxed);
     if via_rescan {
-        inner
-            .counters
-            .breaks_via_rescan
-            .fetch_add(1, Ordering::Relaxed);
+        inner.counters.breaks_via_rescan.fetch_add(1, Ordering::Relaxed);
     }
     tracing::debug!(file = %entry.id, via_rescan, "lease break");
     inner.emit(LeaseEvent::Broken {

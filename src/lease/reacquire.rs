@@ -152,12 +152,7 @@ pub(crate) async fn run(inner: Arc<Inner>, entry: Arc<Entry>, released: Instant)
         Outcome::Reacquired(attempts) => {
             inner.counters.reacquired.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%file, attempts, "lease reacquired");
-            LeaseEvent::Reacquired {
-                file,
-                path,
-                after_release: released.elapsed(),
-                attempts,
-            }
+            LeaseEvent::Reacquired { file, path, after_release: released.elapsed(), attempts }
         }
         Outcome::Gone(reason) => {
             // A later acquire of the path starts afresh; handles keep the old entry.

@@ -33,17 +33,11 @@ fn setlease_errors_are_typed() {
         c(LeaseKind::Read, Errno::EINVAL, Some(true)),
         LeaseError::Unsupported { .. }
     ));
-    assert!(matches!(
-        c(LeaseKind::Read, Errno::EINVAL, None),
-        LeaseError::Unsupported { .. }
-    ));
+    assert!(matches!(c(LeaseKind::Read, Errno::EINVAL, None), LeaseError::Unsupported { .. }));
     let e = c(LeaseKind::Write, Errno::EAGAIN, Some(true));
     assert_eq!(e.errno(), Some(Errno::EAGAIN));
     assert_eq!(e.path(), Some(p));
-    assert!(
-        e.to_string().contains("another open of the file exists"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("another open of the file exists"), "{e}");
 }
 
 #[test]

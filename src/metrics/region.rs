@@ -46,11 +46,7 @@ impl RegionMetrics {
             registration_failures: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("filemr_region");
-        r.register(
-            "regions",
-            "Regions by strategy and state",
-            m.regions.clone(),
-        );
+        r.register("regions", "Regions by strategy and state", m.regions.clone());
         r.register(
             "registered_bytes",
             "Bytes registered as memory regions, by strategy",
@@ -66,11 +62,7 @@ impl RegionMetrics {
             "Time from a lease break to the lease's release",
             m.revocation_seconds.clone(),
         );
-        r.register(
-            "rebuilds",
-            "Regions rebuilt after their lease came back",
-            m.rebuilds.clone(),
-        );
+        r.register("rebuilds", "Regions rebuilt after their lease came back", m.rebuilds.clone());
         r.register("lost", "Regions lost for good, by reason", m.lost.clone());
         r.register(
             "guard_refusals",
@@ -106,10 +98,7 @@ impl RegionMetrics {
     /// Counts a revocation.
     pub fn revoked(&self, reason: &str, forced: bool, seconds: f64) {
         self.revocations
-            .get_or_create(&vec![
-                ("reason", reason.to_string()),
-                ("forced", forced.to_string()),
-            ])
+            .get_or_create(&vec![("reason", reason.to_string()), ("forced", forced.to_string())])
             .inc();
         self.revocation_seconds.observe(seconds);
     }
@@ -121,10 +110,7 @@ impl RegionMetrics {
 }
 
 fn state(strategy: &str, state: &str) -> Labels {
-    vec![
-        ("strategy", strategy.to_string()),
-        ("state", state.to_string()),
-    ]
+    vec![("strategy", strategy.to_string()), ("state", state.to_string())]
 }
 
 #[cfg(test)]

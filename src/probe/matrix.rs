@@ -140,7 +140,5 @@ pub fn run_case(pd: &Arc<ProtectionDomain>, case: &MatrixCase) -> Outcome {
         }
     };
     let mapping = Arc::new(mapping);
-    MemoryRegion::register(pd, &mapping, access)
-        .map(drop)
-        .map_err(|e| e.errno)
+    MemoryRegion::register(pd, &mapping, access).map(drop).map_err(|e| e.errno)
 }

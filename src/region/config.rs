@@ -24,11 +24,7 @@ impl Access {
     }
 
     pub(crate) fn lease_kind(self) -> LeaseKind {
-        if self.is_writable() {
-            LeaseKind::Write
-        } else {
-            LeaseKind::Read
-        }
+        if self.is_writable() { LeaseKind::Write } else { LeaseKind::Read }
     }
 
     /// The memory-region access flags (without `ON_DEMAND`).
@@ -44,11 +40,7 @@ impl Access {
 
     /// CPU protection of a file mapping for this access (read leases hold a read-only fd).
     pub(crate) fn protection(self) -> Protection {
-        if self.is_writable() {
-            Protection::ReadWrite
-        } else {
-            Protection::Read
-        }
+        if self.is_writable() { Protection::ReadWrite } else { Protection::Read }
     }
 }
 

@@ -180,19 +180,10 @@ pub(crate) fn registration_error(
     memlock_limit: Option<u64>,
 ) -> RegionError {
     match memlock_limit {
-        Some(limit) if source.errno == Errno::ENOMEM => RegionError::MemlockLimit {
-            path,
-            offset,
-            len,
-            limit,
-            source,
-        },
-        _ => RegionError::Register {
-            path,
-            offset,
-            len,
-            source,
-        },
+        Some(limit) if source.errno == Errno::ENOMEM => {
+            RegionError::MemlockLimit { path, offset, len, limit, source }
+        }
+        _ => RegionError::Register { path, offset, len, source },
     }
 }
 
@@ -210,20 +201,13 @@ mod tests {
     use super::*;
 
     fn enomem() -> VerbsError {
-        VerbsError {
-            verb: "ibv_reg_mr",
-            errno: Errno::ENOMEM,
-            detail: String::new(),
-        }
+        VerbsError { verb: "ibv_reg_mr", errno: Errno::ENOMEM, detail: String::new() }
     }
 
     #[test]
     fn enomem_under_a_finite_memlock_limit_names_the_limit() {
         let e = registration_error(enomem(), "/f".into(), 0, 1 << 20, Some(8 << 20));
-        assert!(matches!(
-            e,
-            RegionError::MemlockLimit { limit: 8388608, .. }
-        ));
+        assert!(matches!(e, RegionError::MemlockLimit { limit: 8388608, .. }));
         assert_eq!(e.errno(), Errno::ENOMEM);
         let msg = e.to_string();
         assert!(msg.contains("RLIMIT_MEMLOCK is 8388608 bytes"), "{msg}");

@@ -11,12 +11,7 @@ pub(crate) async fn run(weak: Weak<ManagerInner>, mut events: LeaseEvents) {
     while let Some(ev) = events.recv().await {
         let Some(inner) = weak.upgrade() else { return };
         match ev {
-            LeaseEvent::Broken {
-                file,
-                arrived,
-                deadline,
-                ..
-            } => {
+            LeaseEvent::Broken { file, arrived, deadline, .. } => {
                 tokio::spawn(revoke::revoke_file(
                     inner,
                     file,

@@ -80,10 +80,7 @@ fn shift(word: u64) -> u32 {
 impl GuardWord {
     /// A word with no guard held and no flag set.
     pub const fn new() -> GuardWord {
-        GuardWord {
-            word: AtomicU64::new(0),
-            parity: Padded(AtomicU64::new(0)),
-        }
+        GuardWord { word: AtomicU64::new(0), parity: Padded(AtomicU64::new(0)) }
     }
 
     /// Takes a guard: one `fetch_add` (plus a load of the read-mostly parity), no lock,
@@ -125,10 +122,7 @@ impl GuardWord {
         let mut cur = self.word.load(Ordering::Relaxed);
         loop {
             let new = ((cur ^ PARITY) & !REVOKING) | REVOKED;
-            match self
-                .word
-                .compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Relaxed)
-            {
+            match self.word.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => {
                     // Published before `reopen` lets guards in again.
                     self.parity.0.store(new & PARITY, Ordering::Release);
@@ -206,11 +200,7 @@ mod tests {
         w.reopen();
         let fresh = w.guard().unwrap();
         drop(stale);
-        assert_eq!(
-            w.held(),
-            1,
-            "a stale guard's drop must not release a fresh one"
-        );
+        assert_eq!(w.held(), 1, "a stale guard's drop must not release a fresh one");
         drop(fresh);
         assert_eq!(w.held(), 0);
     }

@@ -85,8 +85,7 @@ impl RegionShared {
                     tracing::error!(region = self.id, error = ?e, "commit before release failed");
                 }
             }
-            mgr.metrics
-                .bytes(built.strategy.label(), -(slot.info.len as i64));
+            mgr.metrics.bytes(built.strategy.label(), -(slot.info.len as i64));
             drop(built);
             slot.info.lkey = 0;
             slot.info.rkey = 0;
@@ -95,11 +94,7 @@ impl RegionShared {
     }
 
     pub(crate) fn emit(&self, mgr: &ManagerInner, kind: RegionEventKind) {
-        let _ = mgr.events.send(RegionEvent {
-            region: self.id,
-            kind,
-            at: SystemTime::now(),
-        });
+        let _ = mgr.events.send(RegionEvent { region: self.id, kind, at: SystemTime::now() });
     }
 }
 
@@ -173,10 +168,7 @@ impl Region {
 
     /// This region's events.
     pub fn events(&self) -> RegionEvents {
-        RegionEvents {
-            rx: self.mgr.events.subscribe(),
-            only: Some(self.shared.id),
-        }
+        RegionEvents { rx: self.mgr.events.subscribe(), only: Some(self.shared.id) }
     }
 
     /// Makes bytes `range` (relative to the region) that peers wrote durable in the file:
@@ -217,12 +209,9 @@ impl Drop for Region {
 /// Maps a build failure to the typed error.
 pub(crate) fn build_error(e: BuildError, path: &Path, offset: u64, len: usize) -> RegionError {
     match e {
-        BuildError::Map(source) => RegionError::Map {
-            path: path.to_path_buf(),
-            offset,
-            len,
-            source,
-        },
+        BuildError::Map(source) => {
+            RegionError::Map { path: path.to_path_buf(), offset, len, source }
+        }
         BuildError::Register(source) => super::error::registration_error(
             source,
             path.to_path_buf(),
@@ -230,11 +219,7 @@ pub(crate) fn build_error(e: BuildError, path: &Path, offset: u64, len: usize) -
             len,
             super::error::memlock_limit(),
         ),
-        BuildError::Io(op, errno) => RegionError::Io {
-            path: path.to_path_buf(),
-            op,
-            errno,
-        },
+        BuildError::Io(op, errno) => RegionError::Io { path: path.to_path_buf(), op, errno },
     }
 }
 

@@ -81,10 +81,7 @@ impl Manager {
     /// `registry`. Must be called inside a tokio runtime.
     pub fn new(cfg: ManagerConfig, registry: &mut Registry) -> Result<Manager, RegionError> {
         let rt = tokio::runtime::Handle::try_current().map_err(|_| RegionError::NoRuntime)?;
-        let device = |source| RegionError::Device {
-            device: cfg.device.clone(),
-            source,
-        };
+        let device = |source| RegionError::Device { device: cfg.device.clone(), source };
         let ctx = Arc::new(Context::open(&cfg.device).map_err(device)?);
         let odp = ctx.caps().map_err(device)?.odp;
         let pd = ProtectionDomain::new(&ctx).map_err(device)?;
@@ -96,10 +93,7 @@ impl Manager {
         let lease_events = engine.subscribe();
         let metrics = RegionMetrics::new(registry);
         let refused = ["revoking", "revoked", "other"].map(|why| {
-            metrics
-                .guard_refusals
-                .get_or_create(&vec![("why", why.to_string())])
-                .clone()
+            metrics.guard_refusals.get_or_create(&vec![("why", why.to_string())]).clone()
         });
         let (events, _) = broadcast::channel(cfg.event_capacity.max(16));
         let inner = Arc::new(ManagerInner {
@@ -123,10 +117,7 @@ impl Manager {
 
     /// All regions' events.
     pub fn events(&self) -> RegionEvents {
-        RegionEvents {
-            rx: self.inner.events.subscribe(),
-            only: None,
-        }
+        RegionEvents { rx: self.inner.events.subscribe(), only: None }
     }
 
     /// The protection domain regions are registered in: create the queue pairs that
@@ -189,20 +180,13 @@ impl Manager {
     ) -> Result<Region, RegionError> {
         let inner = &self.inner;
         if len == 0 {
-            return Err(RegionError::ZeroLength {
-                path: path.to_path_buf(),
-                offset,
-            });
+            return Err(RegionError::ZeroLength { path: path.to_path_buf(), offset });
         }
         let md = metadata(path)?;
         if !md.is_file() {
             return Err(RegionError::NotRegularFile {
                 path: path.to_path_buf(),
-                errno: if md.is_dir() {
-                    Errno::EISDIR
-                } else {
-                    Errno::EINVAL
-                },
+                errno: if md.is_dir() { Errno::EISDIR } else { Errno::EINVAL },
             });
         }
         let beyond = |file_len: u64| {
@@ -217,40 +201,25 @@ impl Manager {
         if let Some(e) = beyond(md.len()) {
             return Err(e);
         }
-        let lease = inner
-            .engine
-            .acquire(path, access.lease_kind())
-            .map_err(|e| match e {
-                LeaseError::NotRegularFile { path, errno } => {
-                    RegionError::NotRegularFile { path, errno }
-                }
-                other => RegionError::Lease(other),
-            })?;
+        let lease = inner.engine.acquire(path, access.lease_kind()).map_err(|e| match e {
+            LeaseError::NotRegularFile { path, errno } => {
+                RegionError::NotRegularFile { path, errno }
+            }
+            other => RegionError::Lease(other),
+        })?;
         if lease.state() != LeaseState::Held {
-            return Err(RegionError::Busy {
-                path: path.to_path_buf(),
-            });
+            return Err(RegionError::Busy { path: path.to_path_buf() });
         }
         let file_len = strategy::dup_file(lease.fd())
-            .and_then(|f| {
-                f.metadata()
-                    .map_err(|e| strategy::BuildError::Io("fstat", io_errno(&e)))
-            })
+            .and_then(|f| f.metadata().map_err(|e| strategy::BuildError::Io("fstat", io_errno(&e))))
             .map_err(|e| build_error(e, path, offset, len))?
             .len();
         if let Some(e) = beyond(file_len) {
             return Err(e);
         }
         let decision = inner.decide(path, md.dev(), access, false);
-        let built = strategy::build(
-            decision.strategy,
-            &inner.pd,
-            lease.fd(),
-            offset,
-            len,
-            access,
-        )
-        .map_err(|e| build_error(e, path, offset, len))?;
+        let built = strategy::build(decision.strategy, &inner.pd, lease.fd(), offset, len, access)
+            .map_err(|e| build_error(e, path, offset, len))?;
         let info = RegionInfo {
             lkey: built.mr.lkey(),
             rkey: built.mr.rkey(),
@@ -270,26 +239,12 @@ impl Manager {
             dev: md.dev(),
             lease,
             word: GuardWord::new(),
-            slot: Mutex::new(Slot {
-                live: Some(built),
-                info,
-                forgotten: false,
-            }),
+            slot: Mutex::new(Slot { live: Some(built), info, forgotten: false }),
         });
-        inner
-            .metrics
-            .region_state(strategy, None, Some("registered"));
+        inner.metrics.region_state(strategy, None, Some("registered"));
         inner.metrics.bytes(strategy, len as i64);
-        inner
-            .files
-            .lock()
-            .entry(shared.file())
-            .or_default()
-            .push(Arc::downgrade(&shared));
-        Ok(Region {
-            shared,
-            mgr: inner.clone(),
-        })
+        inner.files.lock().entry(shared.file()).or_default().push(Arc::downgrade(&shared));
+        Ok(Region { shared, mgr: inner.clone() })
     }
 }
 
@@ -305,11 +260,7 @@ impl ManagerInner {
             .filter(|p| !p.as_os_str().is_empty())
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        let env = ProbeEnv {
-            pd: &self.pd,
-            odp: self.odp,
-            port: self.cfg.port,
-        };
+        let env = ProbeEnv { pd: &self.pd, odp: self.odp, port: self.cfg.port };
         let d = probe(&env, &dir, access);
         tracing::info!(dir = %dir.display(), ?access, strategy = d.strategy.label(), reason = %d.reason, "strategy probed");
         self.decisions.lock().insert((dev, access), d.clone());

@@ -33,8 +33,7 @@ fn rebuild_one(mgr: &ManagerInner, r: &RegionShared, slot: &mut Slot) -> Result<
     let fd = r.lease.fd();
     let file_len = strategy::dup_file(fd)
         .and_then(|f| {
-            f.metadata()
-                .map_err(|e| strategy::BuildError::Io("fstat", strategy::io_errno(&e)))
+            f.metadata().map_err(|e| strategy::BuildError::Io("fstat", strategy::io_errno(&e)))
         })
         .map_err(|e| LostReason::RebuildFailed(format!("{e:?}")))?
         .len();
@@ -63,10 +62,8 @@ fn rebuild_one(mgr: &ManagerInner, r: &RegionShared, slot: &mut Slot) -> Result<
     let label = built.strategy.label();
     // The state gauge is labelled by strategy: move it if the strategy changed.
     if label != old.label() {
-        mgr.metrics
-            .region_state(old.label(), Some(RegionState::Rebuilding.label()), None);
-        mgr.metrics
-            .region_state(label, None, Some(RegionState::Rebuilding.label()));
+        mgr.metrics.region_state(old.label(), Some(RegionState::Rebuilding.label()), None);
+        mgr.metrics.region_state(label, None, Some(RegionState::Rebuilding.label()));
     }
     slot.live = Some(built);
     mgr.metrics.bytes(label, len as i64);

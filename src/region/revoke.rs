@@ -68,9 +68,7 @@ pub(crate) async fn revoke_file(
     };
     let forced = timed_out || kernel_forced;
     if !owned.is_empty() {
-        mgr.metrics
-            .revocation_seconds
-            .observe(since_break.as_secs_f64());
+        mgr.metrics.revocation_seconds.observe(since_break.as_secs_f64());
     }
     for r in &owned {
         mgr.metrics
@@ -80,13 +78,6 @@ pub(crate) async fn revoke_file(
                 ("forced", forced.to_string()),
             ])
             .inc();
-        r.emit(
-            &mgr,
-            RegionEventKind::Revoked {
-                reason,
-                forced,
-                since_break,
-            },
-        );
+        r.emit(&mgr, RegionEventKind::Revoked { reason, forced, since_break });
     }
 }

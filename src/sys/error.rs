@@ -17,10 +17,6 @@ pub type SysResult<T> = Result<T, SysError>;
 
 impl SysError {
     pub(crate) fn new(call: &'static str, errno: Errno, detail: impl Into<String>) -> Self {
-        Self {
-            call,
-            errno,
-            detail: detail.into(),
-        }
+        Self { call, errno, detail: detail.into() }
     }
 }

@@ -14,14 +14,7 @@ pub fn setsig(fd: BorrowedFd<'_>, sig: i32) -> Result<(), Errno> {
 
 /// `F_SETLEASE`: `F_WRLCK` when `write`, else `F_UNLCK`.
 pub fn setlease(fd: BorrowedFd<'_>, write: bool) -> Result<(), Errno> {
-    set_lease(
-        fd,
-        if write {
-            RawLease::Write
-        } else {
-            RawLease::Unlocked
-        },
-    )
+    set_lease(fd, if write { RawLease::Write } else { RawLease::Unlocked })
 }
 
 /// True when `F_GETLEASE` reports a write lease with no break pending.
@@ -45,11 +38,7 @@ pub fn block(sig: i32) -> Result<(), Errno> {
     let set = sigset_of(sig);
     // SAFETY: `set` is initialised; the old-mask pointer may be null.
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(Errno::from_raw(rc))
-    }
+    if rc == 0 { Ok(()) } else { Err(Errno::from_raw(rc)) }
 }
 
 /// Waits for `sig` (blocked beforehand) with `sigwaitinfo`; returns its `si_fd`.

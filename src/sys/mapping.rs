@@ -85,24 +85,9 @@ impl Mapping {
             .map_err(|_| SysError::new("mmap", Errno::EOVERFLOW, detail()))?;
         // SAFETY: a fresh MAP_SHARED mapping chosen by the kernel (no address hint) cannot
         // alias any Rust object; the fd is borrowed only for the call.
-        let base = unsafe {
-            mmap(
-                None,
-                map_len,
-                prot.flags(),
-                MapFlags::MAP_SHARED,
-                fd,
-                file_off,
-            )
-        }
-        .map_err(|e| SysError::new("mmap", e, detail()))?;
-        Ok(Mapping {
-            base: base.cast(),
-            map_len: map_len.get(),
-            head,
-            len,
-            file_backed: true,
-        })
+        let base = unsafe { mmap(None, map_len, prot.flags(), MapFlags::MAP_SHARED, fd, file_off) }
+            .map_err(|e| SysError::new("mmap", e, detail()))?;
+        Ok(Mapping { base: base.cast(), map_len: map_len.get(), head, len, file_backed: true })
     }
 
     /// Map `len` bytes of zeroed anonymous private memory.
@@ -119,13 +104,7 @@ impl Mapping {
             )
         }
         .map_err(|e| SysError::new("mmap", e, format!("anonymous len {len}")))?;
-        Ok(Mapping {
-            base: base.cast(),
-            map_len: len,
-            head: 0,
-            len,
-            file_backed: false,
-        })
+        Ok(Mapping { base: base.cast(), map_len: len, head: 0, len, file_backed: false })
     }
 
     /// Address of the first byte the caller asked for.
@@ -222,14 +201,8 @@ mod tests {
         m.sync().unwrap();
         let back = std::fs::read(&path).unwrap();
         assert_eq!(&back[4110..4115], b"hello");
-        assert_eq!(
-            m.read_at(4999, &mut [0; 2]).unwrap_err().errno,
-            Errno::ERANGE
-        );
-        assert_eq!(
-            Mapping::file(&f, 0, 0, Protection::Read).unwrap_err().errno,
-            Errno::EINVAL
-        );
+        assert_eq!(m.read_at(4999, &mut [0; 2]).unwrap_err().errno, Errno::ERANGE);
+        assert_eq!(Mapping::file(&f, 0, 0, Protection::Read).unwrap_err().errno, Errno::EINVAL);
         std::fs::remove_file(&path).unwrap();
     }
 

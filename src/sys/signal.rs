@@ -156,10 +156,7 @@ impl SignalSlot {
     /// Installs the handler for `sig` and `SIGIO` (once per process) and attaches `wr`,
     /// the non-blocking write end of the listener's pipe.
     pub(crate) fn claim(sig: libc::c_int, wr: OwnedFd) -> Result<SignalSlot, ClaimError> {
-        if CLAIMED
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
+        if CLAIMED.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_err() {
             return Err(ClaimError::Busy);
         }
         let release = || CLAIMED.store(false, Ordering::Release);

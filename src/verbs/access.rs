@@ -59,16 +59,9 @@ impl std::fmt::Debug for Access {
             (Access::MW_BIND, "MW_BIND"),
             (Access::ON_DEMAND, "ON_DEMAND"),
         ];
-        let names: Vec<&str> = NAMES
-            .iter()
-            .filter(|(a, _)| self.contains(*a))
-            .map(|(_, n)| *n)
-            .collect();
-        if names.is_empty() {
-            f.write_str("NONE")
-        } else {
-            f.write_str(&names.join("|"))
-        }
+        let names: Vec<&str> =
+            NAMES.iter().filter(|(a, _)| self.contains(*a)).map(|(_, n)| *n).collect();
+        if names.is_empty() { f.write_str("NONE") } else { f.write_str(&names.join("|")) }
     }
 }
 

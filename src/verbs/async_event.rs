@@ -51,10 +51,7 @@ impl AsyncEvents {
                 ctx.name(),
             )
         })?;
-        Ok(AsyncEvents {
-            fd,
-            ctx: ctx.clone(),
-        })
+        Ok(AsyncEvents { fd, ctx: ctx.clone() })
     }
 
     /// Read one pending event without waiting.

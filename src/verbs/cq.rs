@@ -71,20 +71,11 @@ impl CompletionQueue {
         })?;
         // SAFETY: the context is live; no channel or user context is attached.
         let cq = unsafe {
-            ffi::ibv_create_cq(
-                ctx.as_ptr(),
-                n,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                0,
-            )
+            ffi::ibv_create_cq(ctx.as_ptr(), n, std::ptr::null_mut(), std::ptr::null_mut(), 0)
         };
         let ptr = NonNull::new(cq)
             .ok_or_else(|| VerbsError::last("ibv_create_cq", format!("{entries} entries")))?;
-        Ok(Arc::new(CompletionQueue {
-            ptr,
-            ctx: ctx.clone(),
-        }))
+        Ok(Arc::new(CompletionQueue { ptr, ctx: ctx.clone() }))
     }
 
     pub(crate) fn as_ptr(&self) -> *mut ffi::ibv_cq {

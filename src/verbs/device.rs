@@ -25,10 +25,7 @@ impl DeviceList {
         // `ibv_free_device_list`.
         let raw = unsafe { ffi::ibv_get_device_list(&mut n) };
         let ptr = NonNull::new(raw).ok_or_else(|| VerbsError::last("ibv_get_device_list", ""))?;
-        Ok(Self {
-            ptr,
-            len: n.max(0) as usize,
-        })
+        Ok(Self { ptr, len: n.max(0) as usize })
     }
 
     fn iter(&self) -> impl Iterator<Item = *mut ffi::ibv_device> + '_ {
@@ -51,9 +48,7 @@ fn device_name(dev: *mut ffi::ibv_device) -> String {
         return String::new();
     }
     // SAFETY: checked non-null above; libibverbs keeps the string alive with the device.
-    unsafe { CStr::from_ptr(name) }
-        .to_string_lossy()
-        .into_owned()
+    unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned()
 }
 
 /// On-Demand-Paging capabilities as reported by `ibv_query_device_ex`.
@@ -189,12 +184,7 @@ impl Context {
             // SAFETY: the op comes from the provider's live verbs_context; `attr` is a valid
             // out-pointer of the size we pass; a NULL input means "no comp_mask".
             Some(op) => unsafe {
-                op(
-                    self.as_ptr(),
-                    std::ptr::null(),
-                    &mut attr,
-                    std::mem::size_of_val(&attr),
-                )
+                op(self.as_ptr(), std::ptr::null(), &mut attr, std::mem::size_of_val(&attr))
             },
             None => libc::EOPNOTSUPP,
         };
@@ -211,12 +201,7 @@ impl Context {
             return Err(VerbsError::from_ret("ibv_query_device_ex", ret, &self.name));
         }
         let o = &attr.orig_attr;
-        let fw: Vec<u8> = o
-            .fw_ver
-            .iter()
-            .take_while(|c| **c != 0)
-            .map(|c| *c as u8)
-            .collect();
+        let fw: Vec<u8> = o.fw_ver.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
         let flags = o.device_cap_flags;
         use ffi::ibv_device_cap_flags as D;
         let t = &attr.odp_caps.per_transport_caps;
@@ -274,11 +259,7 @@ impl Context {
         // SAFETY: the context is open and `attr` is a valid out-pointer of the right size.
         let ret = unsafe { ffi::___ibv_query_port(self.as_ptr(), port, &mut attr) };
         if ret != 0 {
-            return Err(VerbsError::from_ret(
-                "ibv_query_port",
-                ret,
-                format!("port {port}"),
-            ));
+            return Err(VerbsError::from_ret("ibv_query_port", ret, format!("port {port}")));
         }
         Ok(PortInfo {
             state: attr.state,
@@ -293,10 +274,7 @@ impl Context {
         // SAFETY: the context is open, `gid` is a valid out-pointer.
         let ret = unsafe { ffi::ibv_query_gid(self.as_ptr(), port, index as i32, &mut gid) };
         if ret != 0 {
-            return Err(VerbsError::last(
-                "ibv_query_gid",
-                format!("port {port} index {index}"),
-            ));
+            return Err(VerbsError::last("ibv_query_gid", format!("port {port} index {index}")));
         }
         // SAFETY: every bit pattern of the union is a valid `[u8; 16]`.
         Ok(unsafe { gid.raw })

@@ -17,22 +17,14 @@ pub type VerbsResult<T> = Result<T, VerbsError>;
 
 impl VerbsError {
     pub(crate) fn new(verb: &'static str, errno: Errno, detail: impl Into<String>) -> Self {
-        Self {
-            verb,
-            errno,
-            detail: detail.into(),
-        }
+        Self { verb, errno, detail: detail.into() }
     }
 
     /// Error from the thread's `errno` after a verb returned NULL or -1.
     pub(crate) fn last(verb: &'static str, detail: impl Into<String>) -> Self {
         let errno = Errno::last();
         // A provider that fails without setting errno still failed.
-        let errno = if errno == Errno::UnknownErrno {
-            Errno::EIO
-        } else {
-            errno
-        };
+        let errno = if errno == Errno::UnknownErrno { Errno::EIO } else { errno };
         Self::new(verb, errno, detail)
     }
 
@@ -53,18 +45,8 @@ mod tests {
         let s = e.to_string();
         assert!(s.starts_with("ibv_reg_mr failed: EOPNOTSUPP"), "{s}");
         assert!(s.ends_with("[addr 0x1000 len 4096]"), "{s}");
-        assert_eq!(
-            VerbsError::from_ret("ibv_modify_qp", -22, "").errno,
-            Errno::EINVAL
-        );
-        assert_eq!(
-            VerbsError::from_ret("ibv_post_send", 12, "").errno,
-            Errno::ENOMEM
-        );
-        assert!(
-            !VerbsError::new("ibv_alloc_pd", Errno::ENOMEM, "")
-                .to_string()
-                .contains('[')
-        );
+        assert_eq!(VerbsError::from_ret("ibv_modify_qp", -22, "").errno, Errno::EINVAL);
+        assert_eq!(VerbsError::from_ret("ibv_post_send", 12, "").errno, Errno::ENOMEM);
+        assert!(!VerbsError::new("ibv_alloc_pd", Errno::ENOMEM, "").to_string().contains('['));
     }
 }

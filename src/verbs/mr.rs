@@ -64,17 +64,9 @@ impl MemoryRegion {
         // SAFETY: the PD is live; the memory contract is the caller's (see above).
         let mr = unsafe { ffi::ibv_reg_mr(pd.as_ptr(), addr.cast(), len, access.bits() as i32) };
         let ptr = NonNull::new(mr).ok_or_else(|| {
-            VerbsError::last(
-                "ibv_reg_mr",
-                format!("addr {addr:p} len {len} access {access:?}"),
-            )
+            VerbsError::last("ibv_reg_mr", format!("addr {addr:p} len {len} access {access:?}"))
         })?;
-        Ok(MemoryRegion {
-            ptr,
-            access,
-            pd: pd.clone(),
-            _mapping: None,
-        })
+        Ok(MemoryRegion { ptr, access, pd: pd.clone(), _mapping: None })
     }
 
     fn raw(&self) -> &ffi::ibv_mr {

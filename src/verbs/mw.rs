@@ -39,11 +39,7 @@ impl MemoryWindow {
         let ptr = mw
             .and_then(NonNull::new)
             .ok_or_else(|| VerbsError::last("ibv_alloc_mw", format!("{kind:?}")))?;
-        Ok(MemoryWindow {
-            ptr,
-            kind,
-            _pd: pd.clone(),
-        })
+        Ok(MemoryWindow { ptr, kind, _pd: pd.clone() })
     }
 
     /// The window's type.

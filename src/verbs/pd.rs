@@ -19,9 +19,7 @@ unsafe impl Sync for ProtectionDomain {}
 
 impl std::fmt::Debug for ProtectionDomain {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProtectionDomain")
-            .field("device", &self.ctx.name())
-            .finish()
+        f.debug_struct("ProtectionDomain").field("device", &self.ctx.name()).finish()
     }
 }
 
@@ -31,10 +29,7 @@ impl ProtectionDomain {
         // SAFETY: the context is open for as long as the Arc we keep.
         let pd = unsafe { ffi::ibv_alloc_pd(ctx.as_ptr()) };
         let ptr = NonNull::new(pd).ok_or_else(|| VerbsError::last("ibv_alloc_pd", ctx.name()))?;
-        Ok(Arc::new(ProtectionDomain {
-            ptr,
-            ctx: ctx.clone(),
-        }))
+        Ok(Arc::new(ProtectionDomain { ptr, ctx: ctx.clone() }))
     }
 
     /// The device context this domain lives on.

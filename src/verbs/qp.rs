@@ -47,11 +47,7 @@ impl QueuePair {
         // SAFETY: PD and CQ are live and outlive the QP (we keep Arcs).
         let qp = unsafe { ffi::ibv_create_qp(pd.as_ptr(), &mut init) };
         let ptr = NonNull::new(qp).ok_or_else(|| VerbsError::last("ibv_create_qp", "RC"))?;
-        Ok(QueuePair {
-            ptr,
-            pd: pd.clone(),
-            _cq: cq.clone(),
-        })
+        Ok(QueuePair { ptr, pd: pd.clone(), _cq: cq.clone() })
     }
 
     /// Two RC QPs on the same device connected to each other through the device's own
@@ -168,10 +164,7 @@ impl QueuePair {
             return Err(VerbsError::new(
                 "ibv_post_send",
                 Errno::EINVAL,
-                format!(
-                    "local range {offset}+{len} outside MR of {} bytes",
-                    local.len()
-                ),
+                format!("local range {offset}+{len} outside MR of {} bytes", local.len()),
             ));
         };
         if !Arc::ptr_eq(local.pd(), &self.pd) {
@@ -181,11 +174,7 @@ impl QueuePair {
                 "local MR is on another PD",
             ));
         }
-        Ok(ffi::ibv_sge {
-            addr: local.addr() + offset as u64,
-            length,
-            lkey: local.lkey(),
-        })
+        Ok(ffi::ibv_sge { addr: local.addr() + offset as u64, length, lkey: local.lkey() })
     }
 
     fn post(
@@ -203,21 +192,14 @@ impl QueuePair {
         wr.opcode = opcode;
         wr.send_flags = ffi::ibv_send_flags::IBV_SEND_SIGNALED.0;
         if let Some(r) = remote {
-            wr.wr.rdma = ffi::rdma_t {
-                remote_addr: r.addr,
-                rkey: r.rkey,
-            };
+            wr.wr.rdma = ffi::rdma_t { remote_addr: r.addr, rkey: r.rkey };
         }
         let mut bad: *mut ffi::ibv_send_wr = std::ptr::null_mut();
         // SAFETY: the QP is live; `wr` and `sge` live across the call (the provider copies
         // them); the local buffer is covered by a registered MR checked in `sge`.
         let ret = unsafe { ffi::ibv_post_send(self.ptr.as_ptr(), &mut wr, &mut bad) };
         if ret != 0 {
-            return Err(VerbsError::from_ret(
-                "ibv_post_send",
-                ret,
-                format!("opcode {opcode}"),
-            ));
+            return Err(VerbsError::from_ret("ibv_post_send", ret, format!("opcode {opcode}")));
         }
         Ok(())
     }
@@ -232,12 +214,7 @@ impl QueuePair {
         remote: RemoteBuf,
     ) -> VerbsResult<()> {
         let sge = self.sge(local, offset, len)?;
-        self.post(
-            ffi::ibv_wr_opcode::IBV_WR_RDMA_WRITE,
-            wr_id,
-            sge,
-            Some(remote),
-        )
+        self.post(ffi::ibv_wr_opcode::IBV_WR_RDMA_WRITE, wr_id, sge, Some(remote))
     }
 
     /// Post a signaled RDMA READ of `len` bytes at `remote` into `local[offset..]`.
@@ -250,12 +227,7 @@ impl QueuePair {
         remote: RemoteBuf,
     ) -> VerbsResult<()> {
         let sge = self.sge(local, offset, len)?;
-        self.post(
-            ffi::ibv_wr_opcode::IBV_WR_RDMA_READ,
-            wr_id,
-            sge,
-            Some(remote),
-        )
+        self.post(ffi::ibv_wr_opcode::IBV_WR_RDMA_READ, wr_id, sge, Some(remote))
     }
 
     /// Post a signaled SEND of `local[offset..offset+len]`.
@@ -279,12 +251,8 @@ impl QueuePair {
         len: usize,
     ) -> VerbsResult<()> {
         let mut sge = self.sge(local, offset, len)?;
-        let mut wr = ffi::ibv_recv_wr {
-            wr_id,
-            next: std::ptr::null_mut(),
-            sg_list: &mut sge,
-            num_sge: 1,
-        };
+        let mut wr =
+            ffi::ibv_recv_wr { wr_id, next: std::ptr::null_mut(), sg_list: &mut sge, num_sge: 1 };
         let mut bad: *mut ffi::ibv_recv_wr = std::ptr::null_mut();
         // SAFETY: the QP is live; `wr`/`sge` live across the call; the buffer is in an MR.
         let ret = unsafe { ffi::ibv_post_recv(self.ptr.as_ptr(), &mut wr, &mut bad) };

@@ -21,45 +21,26 @@ fn open_for_write_breaker_waits_for_release() {
         let lease = engine.acquire(&path, LeaseKind::Read).unwrap();
         let mut breaker = helper(
             "open_write",
-            &[
-                ("FILEMR_HELPER_PATH", path.display().to_string()),
-                ("FILEMR_HELPER_MS", "0".into()),
-            ],
+            &[("FILEMR_HELPER_PATH", path.display().to_string()), ("FILEMR_HELPER_MS", "0".into())],
         );
         let started = breaker.expect_ns("START", T).await;
         let ev = next_event(&mut events, T).await;
-        let LeaseEvent::Broken {
-            file,
-            arrived,
-            deadline,
-            via_rescan,
-            ..
-        } = ev
-        else {
+        let LeaseEvent::Broken { file, arrived, deadline, via_rescan, .. } = ev else {
             panic!("expected Broken, got {ev:?}");
         };
         assert_eq!(file, lease.file_id(), "the break names the right file");
         assert!(!via_rescan);
         let budget = filemr::lease::lease_break_time();
         let d = deadline - arrived;
-        assert!(
-            d.abs_diff(budget) < Duration::from_millis(5),
-            "deadline {d:?} vs {budget:?}"
-        );
+        assert!(d.abs_diff(budget) < Duration::from_millis(5), "deadline {d:?} vs {budget:?}");
         assert!(matches!(lease.state(), LeaseState::Breaking { .. }));
         // The breaker stays blocked while we hold the lease.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(
-            breaker.child.try_wait().unwrap().is_none(),
-            "breaker got through before release"
-        );
+        assert!(breaker.child.try_wait().unwrap().is_none(), "breaker got through before release");
         let released_ns = now_ns();
         let report = engine.release(file).unwrap();
         assert!(!report.forced);
-        assert!(
-            report.since_break >= Duration::from_millis(100),
-            "{report:?}"
-        );
+        assert!(report.since_break >= Duration::from_millis(100), "{report:?}");
         let opened = breaker.expect_ns("OPENED", T).await;
         assert!(opened >= released_ns, "breaker opened before the release");
         eprintln!(
@@ -82,15 +63,9 @@ fn truncate_breaker_waits_and_reacquire_sees_the_new_size() {
         let engine = LeaseEngine::start().unwrap();
         let mut events = engine.subscribe();
         let lease = engine.acquire(&path, LeaseKind::Write).unwrap();
-        let mut breaker = helper(
-            "truncate",
-            &[("FILEMR_HELPER_PATH", path.display().to_string())],
-        );
+        let mut breaker = helper("truncate", &[("FILEMR_HELPER_PATH", path.display().to_string())]);
         let ev = next_event(&mut events, T).await;
-        assert!(
-            matches!(ev, LeaseEvent::Broken { file, .. } if file == lease.file_id()),
-            "{ev:?}"
-        );
+        assert!(matches!(ev, LeaseEvent::Broken { file, .. } if file == lease.file_id()), "{ev:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(
             nix::sys::stat::fstat(lease.fd()).unwrap().st_size,

@@ -34,10 +34,7 @@ where
 
 /// Wall-clock nanoseconds: comparable across processes (CLOCK_REALTIME).
 pub fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
 }
 
 pub fn is_root() -> bool {
@@ -112,16 +109,11 @@ pub struct Helper {
 
 pub fn helper(role: &str, envs: &[(&str, String)]) -> Helper {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
-        "lease_reexec_entry",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env("FILEMR_HELPER_ROLE", role)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit());
+    cmd.args(["--exact", "lease_reexec_entry", "--nocapture", "--test-threads=1"])
+        .env("FILEMR_HELPER_ROLE", role)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -209,10 +201,5 @@ pub async fn quiet_for(events: &mut LeaseEvents, d: Duration) -> Option<LeaseEve
 pub fn open_write_nonblocking(path: &Path) -> nix::Result<()> {
     use nix::fcntl::{OFlag, open};
     use nix::sys::stat::Mode;
-    open(
-        path,
-        OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map(drop)
+    open(path, OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC, Mode::empty()).map(drop)
 }

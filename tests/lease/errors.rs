@@ -14,11 +14,7 @@ struct Holder(Child);
 impl Holder {
     fn open(path: &std::path::Path, redirect: &str) -> Holder {
         let mut child = Command::new("sh")
-            .args([
-                "-c",
-                &format!("exec 3{redirect}\"$1\"; echo ready; read x"),
-                "sh",
-            ])
+            .args(["-c", &format!("exec 3{redirect}\"$1\"; echo ready; read x"), "sh"])
             .arg(path)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -51,26 +47,13 @@ fn not_a_regular_file() {
         let engine = LeaseEngine::start().unwrap();
         for p in [dir.0.clone(), fifo, "/dev/null".into()] {
             let e = engine.acquire(&p, LeaseKind::Read).unwrap_err();
-            assert!(
-                matches!(e, LeaseError::NotRegularFile { .. }),
-                "{}: {e}",
-                p.display()
-            );
+            assert!(matches!(e, LeaseError::NotRegularFile { .. }), "{}: {e}", p.display());
             assert_eq!(e.path(), Some(p.as_path()));
             assert_eq!(e.errno(), Some(Errno::EINVAL));
         }
         let missing = dir.0.join("missing");
         let e = engine.acquire(&missing, LeaseKind::Read).unwrap_err();
-        assert!(
-            matches!(
-                e,
-                LeaseError::Sys {
-                    errno: Errno::ENOENT,
-                    ..
-                }
-            ),
-            "{e}"
-        );
+        assert!(matches!(e, LeaseError::Sys { errno: Errno::ENOENT, .. }), "{e}");
         assert_eq!(engine.stats().leases, 0);
     });
 }
@@ -85,10 +68,7 @@ fn write_lease_while_another_open_exists() {
         let e = engine.acquire(&path, LeaseKind::Write).unwrap_err();
         assert!(matches!(e, LeaseError::OtherOpenExists { .. }), "{e}");
         assert_eq!(e.errno(), Some(Errno::EAGAIN));
-        assert!(
-            e.to_string().contains("another open of the file exists"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("another open of the file exists"), "{e}");
         // A reader does not stop a read lease.
         drop(engine.acquire(&path, LeaseKind::Read).unwrap());
         drop(holder);
@@ -122,15 +102,10 @@ fn no_permission_without_ownership() {
             std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
             let path = dir.file("f", 64);
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-            let mut child = helper(
-                "acquire_as_nobody",
-                &[("FILEMR_HELPER_PATH", path.display().to_string())],
-            );
+            let mut child =
+                helper("acquire_as_nobody", &[("FILEMR_HELPER_PATH", path.display().to_string())]);
             let line = child.expect("RESULT", Duration::from_secs(10)).await;
-            assert!(
-                line.starts_with("RESULT PermissionDenied errno=Some(EACCES)"),
-                "{line}"
-            );
+            assert!(line.starts_with("RESULT PermissionDenied errno=Some(EACCES)"), "{line}");
             assert!(line.contains("CAP_LEASE"), "{line}");
             child.finish(Duration::from_secs(5)).await;
         } else {
@@ -165,12 +140,8 @@ fn leases_disabled() {
 }
 
 /// `statfs` magic numbers of file systems without lease support.
-const NO_LEASE_FS: [(i64, &str); 4] = [
-    (0x0102_1997, "9p"),
-    (0x6573_5546, "fuse"),
-    (0x6969, "nfs"),
-    (0xff53_4d42, "cifs"),
-];
+const NO_LEASE_FS: [(i64, &str); 4] =
+    [(0x0102_1997, "9p"), (0x6573_5546, "fuse"), (0x6969, "nfs"), (0xff53_4d42, "cifs")];
 
 #[test]
 fn file_system_without_lease_support() {
@@ -214,26 +185,17 @@ fn upgrading_a_shared_read_lease_is_refused() {
 
 #[test]
 fn engine_misuse_is_an_error() {
-    assert!(matches!(
-        LeaseEngine::start().unwrap_err(),
-        LeaseError::NoRuntime
-    ));
+    assert!(matches!(LeaseEngine::start().unwrap_err(), LeaseError::NoRuntime));
     run(|| async {
         let dir = TempDir::new("misuse");
         let path = dir.file("f", 64);
         let engine = LeaseEngine::start().unwrap();
-        assert!(matches!(
-            LeaseEngine::start().unwrap_err(),
-            LeaseError::AlreadyRunning
-        ));
+        assert!(matches!(LeaseEngine::start().unwrap_err(), LeaseError::AlreadyRunning));
         let lease = engine.acquire(&path, LeaseKind::Read).unwrap();
         let e = engine.release(lease.file_id()).unwrap_err();
         assert!(matches!(e, LeaseError::NoBreakPending { .. }), "{e}");
         let id = lease.file_id();
         drop(lease);
-        assert!(matches!(
-            engine.release(id).unwrap_err(),
-            LeaseError::UnknownFile { .. }
-        ));
+        assert!(matches!(engine.release(id).unwrap_err(), LeaseError::UnknownFile { .. }));
     });
 }

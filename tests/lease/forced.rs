@@ -29,10 +29,7 @@ fn kernel_forced_break_is_reported() {
             ],
         );
         let ev = next_event(&mut events, Duration::from_secs(5)).await;
-        let LeaseEvent::Broken {
-            arrived, deadline, ..
-        } = ev
-        else {
+        let LeaseEvent::Broken { arrived, deadline, .. } = ev else {
             panic!("expected Broken, got {ev:?}");
         };
         assert!((deadline - arrived).abs_diff(Duration::from_secs(1)) < Duration::from_millis(5));

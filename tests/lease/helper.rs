@@ -77,11 +77,8 @@ fn overflow_holder() {
     let sigpending: u64 = env("FILEMR_HELPER_SIGPENDING").parse().unwrap();
     crate::common::raise_nofile();
     setrlimit(Resource::RLIMIT_SIGPENDING, sigpending, sigpending).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async move {
         let engine = LeaseEngine::start().unwrap();
         let mut events = engine.subscribe();
@@ -134,10 +131,7 @@ fn acquire_as_nobody() {
     let path = PathBuf::from(env("FILEMR_HELPER_PATH"));
     nix::unistd::setgid(nix::unistd::Gid::from_raw(65534)).unwrap();
     nix::unistd::setuid(nix::unistd::Uid::from_raw(65534)).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async move {
         let engine = LeaseEngine::start().unwrap();
         match engine.acquire(&path, LeaseKind::Read) {

@@ -32,21 +32,12 @@ fn comes_back_after_the_breaker_closes_and_not_before() {
         breaker.expect("OPENED", T).await;
         // The breaker keeps the file open: no reacquire meanwhile.
         let early = quiet_for(&mut events, Duration::from_millis(250)).await;
-        assert!(
-            early.is_none(),
-            "lease came back while the breaker had the file open: {early:?}"
-        );
+        assert!(early.is_none(), "lease came back while the breaker had the file open: {early:?}");
         assert!(matches!(lease.state(), LeaseState::Reacquiring { .. }));
         let closed = breaker.expect_ns("CLOSED", T).await;
         let ev = next_event(&mut events, T).await;
         let seen = now_ns();
-        let LeaseEvent::Reacquired {
-            file,
-            after_release,
-            attempts,
-            ..
-        } = ev
-        else {
+        let LeaseEvent::Reacquired { file, after_release, attempts, .. } = ev else {
             panic!("expected Reacquired, got {ev:?}");
         };
         assert_eq!(file, lease.file_id());
@@ -63,24 +54,12 @@ fn comes_back_after_the_breaker_closes_and_not_before() {
         // And the new lease works: a second break is delivered too.
         let again = helper(
             "open_write",
-            &[
-                ("FILEMR_HELPER_PATH", path.display().to_string()),
-                ("FILEMR_HELPER_MS", "0".into()),
-            ],
+            &[("FILEMR_HELPER_PATH", path.display().to_string()), ("FILEMR_HELPER_MS", "0".into())],
         );
         let ev = next_event(&mut events, T).await;
         // Routed by its signal, not found by a rescan: the reacquire re-armed F_SETSIG
         // (F_UNLCK resets it to plain SIGIO).
-        assert!(
-            matches!(
-                ev,
-                LeaseEvent::Broken {
-                    via_rescan: false,
-                    ..
-                }
-            ),
-            "{ev:?}"
-        );
+        assert!(matches!(ev, LeaseEvent::Broken { via_rescan: false, .. }), "{ev:?}");
         assert_eq!(engine.stats().overflow_signals, 0);
         engine.release(lease.file_id()).unwrap();
         again.finish(T).await;

@@ -22,11 +22,7 @@ fn thousand_concurrent_breaks_each_delivered_once() {
         let engine = LeaseEngine::start().unwrap();
         let mut events = engine.subscribe();
         let leases: Vec<_> = (0..N)
-            .map(|i| {
-                engine
-                    .acquire(dir.0.join(i.to_string()), LeaseKind::Write)
-                    .unwrap()
-            })
+            .map(|i| engine.acquire(dir.0.join(i.to_string()), LeaseKind::Write).unwrap())
             .collect();
         let t0 = Instant::now();
         let breaker = helper(
@@ -50,11 +46,7 @@ fn thousand_concurrent_breaks_each_delivered_once() {
         }
         breaker.finish(Duration::from_secs(30)).await;
         let elapsed = t0.elapsed();
-        assert!(
-            crate::common::quiet_for(&mut events, Duration::from_millis(200))
-                .await
-                .is_none()
-        );
+        assert!(crate::common::quiet_for(&mut events, Duration::from_millis(200)).await.is_none());
         assert_eq!(broken.len(), N, "every file broken");
         assert!(broken.values().all(|&c| c == 1), "a break delivered twice");
         let s = engine.stats();
@@ -116,10 +108,7 @@ fn signal_queue_overflow_loses_nothing() {
         assert_eq!(r["unique"], n, "{r:?}");
         assert_eq!(r["total"], n, "a break delivered twice: {r:?}");
         assert_eq!(r["reacquired"], n, "{r:?}");
-        assert!(
-            r["overflow_signals"] > 0 && r["rescans"] > 0,
-            "overflow path not taken: {r:?}"
-        );
+        assert!(r["overflow_signals"] > 0 && r["rescans"] > 0, "overflow path not taken: {r:?}");
         assert_eq!(r["via_rescan"], n, "{r:?}");
         // A tiny queue: both paths mix, still exactly once.
         let r = overflow_run(2, n as usize).await;

@@ -21,11 +21,7 @@ use crate::guest::GuestEnv;
 pub const WAIT: Duration = Duration::from_secs(30);
 
 pub static RT: LazyLock<Runtime> = LazyLock::new(|| {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap()
+    tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap()
 });
 
 pub struct Shared {
@@ -38,10 +34,7 @@ static SHARED: LazyLock<Shared> = LazyLock::new(|| {
     let mut registry = Registry::default();
     let _enter = RT.enter();
     let mgr = Manager::new(ManagerConfig::new(env.device), &mut registry).expect("manager");
-    Shared {
-        mgr,
-        registry: Mutex::new(registry),
-    }
+    Shared { mgr, registry: Mutex::new(registry) }
 });
 
 /// The process's manager.
@@ -137,29 +130,19 @@ impl Peer {
         let (qa, qb) = QueuePair::loopback_pair(&pd, &cq, 1).unwrap();
         let buf = Arc::new(Mapping::anonymous(len).unwrap());
         let mr = MemoryRegion::register(&pd, &buf, MrAccess::LOCAL_WRITE).unwrap();
-        Peer {
-            cq,
-            qa,
-            _qb: qb,
-            buf,
-            mr,
-        }
+        Peer { cq, qa, _qb: qb, buf, mr }
     }
 
     /// RDMA WRITE `data` (copied to the local buffer first) to `addr`/`rkey`.
     pub fn write(&self, data: &[u8], addr: u64, rkey: u32) -> WcStatus {
         self.buf.write_at(0, data).unwrap();
-        self.qa
-            .post_write(1, &self.mr, 0, data.len(), RemoteBuf { addr, rkey })
-            .unwrap();
+        self.qa.post_write(1, &self.mr, 0, data.len(), RemoteBuf { addr, rkey }).unwrap();
         self.cq.wait_one(WAIT).unwrap().status
     }
 
     /// RDMA READ `len` bytes at `addr`/`rkey`.
     pub fn read(&self, len: usize, addr: u64, rkey: u32) -> (WcStatus, Vec<u8>) {
-        self.qa
-            .post_read(2, &self.mr, 0, len, RemoteBuf { addr, rkey })
-            .unwrap();
+        self.qa.post_read(2, &self.mr, 0, len, RemoteBuf { addr, rkey }).unwrap();
         let st = self.cq.wait_one(WAIT).unwrap().status;
         let mut got = vec![0; len];
         self.buf.read_at(0, &mut got).unwrap();
@@ -217,35 +200,23 @@ fn breaker_reexec_entry() {
         return;
     };
     let file = PathBuf::from(std::env::var("FILEMR_BREAKER_FILE").unwrap());
-    let args: Vec<String> = std::env::var("FILEMR_BREAKER_ARGS")
-        .unwrap()
-        .split('\u{1f}')
-        .map(String::from)
-        .collect();
+    let args: Vec<String> =
+        std::env::var("FILEMR_BREAKER_ARGS").unwrap().split('\u{1f}').map(String::from).collect();
     let stamp = |path: &str| std::fs::write(path, nanos(SystemTime::now()).to_string()).unwrap();
     match mode.as_str() {
         "truncate-write" => {
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&file)
-                .unwrap();
+            let f = std::fs::OpenOptions::new().read(true).write(true).open(&file).unwrap();
             let len = f.metadata().unwrap().len() as usize;
             let mut before = vec![0; len];
             f.read_exact_at(&mut before, 0).unwrap();
             std::fs::write(&args[1], before).unwrap();
             f.set_len(0).unwrap();
             stamp(&args[2]);
-            f.write_all_at(&std::fs::read(&args[0]).unwrap(), 0)
-                .unwrap();
+            f.write_all_at(&std::fs::read(&args[0]).unwrap(), 0).unwrap();
             f.sync_all().unwrap();
         }
         "truncate-to" => {
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&file)
-                .unwrap();
+            let f = std::fs::OpenOptions::new().read(true).write(true).open(&file).unwrap();
             f.set_len(args[0].parse().unwrap()).unwrap();
         }
         "open-unlink" => {
@@ -263,10 +234,8 @@ fn breaker_reexec_entry() {
 /// Saves a line for the report in the guest's output directory (best effort).
 pub fn note(line: &str) {
     use std::io::Write;
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open("/tmp/out/region-notes.txt")
+    if let Ok(mut f) =
+        std::fs::OpenOptions::new().create(true).append(true).open("/tmp/out/region-notes.txt")
     {
         let _ = writeln!(f, "{line}");
     }

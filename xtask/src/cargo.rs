@@ -61,28 +61,19 @@ fn artifacts(args: &[&str], kind: &str) -> Result<Vec<(String, PathBuf)>> {
         .lines()
         .filter(|l| l.contains("\"reason\":\"compiler-artifact\"") && l.contains(&tag))
         .filter_map(|l| {
-            Some((
-                json_str(l, "\"name\":")?,
-                PathBuf::from(json_str(l, "\"executable\":")?),
-            ))
+            Some((json_str(l, "\"name\":")?, PathBuf::from(json_str(l, "\"executable\":")?)))
         })
         .collect())
 }
 
 /// Built integration test executables (`tests/*.rs`), as (name, path).
 pub fn integration_test_binaries() -> Result<Vec<(String, PathBuf)>> {
-    artifacts(
-        &["test", "--no-run", "--tests", "--package", "filemr"],
-        "test",
-    )
+    artifacts(&["test", "--no-run", "--tests", "--package", "filemr"], "test")
 }
 
 /// Built benchmark executables (`benches/*.rs`, `harness = false`), as (name, path).
 pub fn bench_binaries() -> Result<Vec<(String, PathBuf)>> {
-    artifacts(
-        &["bench", "--no-run", "--benches", "--package", "filemr"],
-        "bench",
-    )
+    artifacts(&["bench", "--no-run", "--benches", "--package", "filemr"], "bench")
 }
 
 /// Build one example and return its executable.

@@ -27,11 +27,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let guests_only = args.iter().any(|a| a == "--guests-only");
-    let rest: Vec<String> = args[1..]
-        .iter()
-        .filter(|a| *a != "--guests-only")
-        .cloned()
-        .collect();
+    let rest: Vec<String> = args[1..].iter().filter(|a| *a != "--guests-only").cloned().collect();
     let kernels = match guest::kernels::select(&rest) {
         Ok(k) => k,
         Err(e) => {
@@ -67,14 +63,7 @@ fn test(kernels: &[&'static guest::kernels::KernelSpec], guests_only: bool) -> R
         util::step("cargo fmt --check");
         cargo::run(&["fmt", "--all", "--check"])?;
         util::step("cargo clippy -- -D warnings");
-        cargo::run(&[
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ])?;
+        cargo::run(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
         util::step("host tests");
         let host = cargo::host_tests()?;
         println!("host: {}", host.line());
@@ -100,11 +89,7 @@ fn demo(kernels: &[&'static guest::kernels::KernelSpec]) -> Result<bool> {
     packages::ensure()?;
     util::step("building the demo");
     let bin = cargo::example_binary("caps_matrix")?;
-    let job = guest::Job {
-        name: "demo",
-        bin: &bin,
-        args: &[],
-    };
+    let job = guest::Job { name: "demo", bin: &bin, args: &[] };
     let mut ok = true;
     for k in kernels {
         ok &= guest::run_programs(k, std::slice::from_ref(&job))?;
@@ -122,14 +107,8 @@ fn bench(kernels: &[&'static guest::kernels::KernelSpec], guests_only: bool) -> 
     }
     util::step("building benchmarks for the guests");
     let bins = cargo::bench_binaries()?;
-    let jobs: Vec<guest::Job> = bins
-        .iter()
-        .map(|(n, b)| guest::Job {
-            name: n,
-            bin: b,
-            args: &["--bench"],
-        })
-        .collect();
+    let jobs: Vec<guest::Job> =
+        bins.iter().map(|(n, b)| guest::Job { name: n, bin: b, args: &["--bench"] }).collect();
     let mut ok = true;
     for k in kernels {
         ok &= guest::run_programs(k, &jobs)?;

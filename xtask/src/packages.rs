@@ -41,14 +41,9 @@ pub fn ensure() -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    let line = format!(
-        "apt-get install -y --no-install-recommends {}",
-        missing.join(" ")
-    );
+    let line = format!("apt-get install -y --no-install-recommends {}", missing.join(" "));
     if !util::is_root() {
-        return Err(format!(
-            "missing Debian packages; run as root:\n  apt-get update && {line}"
-        ));
+        return Err(format!("missing Debian packages; run as root:\n  apt-get update && {line}"));
     }
     util::step(&format!("installing {}", missing.join(" ")));
     util::run(Command::new("apt-get").args(["update", "-q"]))?;

@@ -20,10 +20,7 @@ impl Tally {
     /// Sum every `test result: ... N passed; M failed; ...` line of libtest output.
     pub fn parse(output: &str) -> Tally {
         let mut t = Tally::default();
-        for line in output
-            .lines()
-            .filter(|l| l.trim_start().starts_with("test result:"))
-        {
+        for line in output.lines().filter(|l| l.trim_start().starts_with("test result:")) {
             t.passed += count(line, "passed");
             t.failed += count(line, "failed");
         }
@@ -36,11 +33,7 @@ fn count(line: &str, word: &str) -> u64 {
         .split(|c: char| c.is_whitespace() || c == ';' || c == '.')
         .filter(|w| !w.is_empty())
         .collect();
-    words
-        .windows(2)
-        .filter(|w| w[1] == word)
-        .filter_map(|w| w[0].parse::<u64>().ok())
-        .sum()
+    words.windows(2).filter(|w| w[1] == word).filter_map(|w| w[0].parse::<u64>().ok()).sum()
 }
 
 #[cfg(test)]

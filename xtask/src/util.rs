@@ -20,9 +20,7 @@ pub fn root() -> PathBuf {
 
 /// Run a command with inherited output; error if it fails.
 pub fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd
-        .status()
-        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    let status = cmd.status().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
     if !status.success() {
         return Err(format!("{cmd:?} failed: {status}"));
     }
@@ -31,10 +29,8 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 /// Run a command and capture stdout; error (with stderr) if it fails.
 pub fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .stderr(Stdio::piped())
-        .output()
-        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    let out =
+        cmd.stderr(Stdio::piped()).output().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
     if !out.status.success() {
         return Err(format!(
             "{cmd:?} failed: {}\n{}",
@@ -47,7 +43,5 @@ pub fn output(cmd: &mut Command) -> Result<String> {
 
 /// Whether we run as root.
 pub fn is_root() -> bool {
-    output(Command::new("id").arg("-u"))
-        .map(|s| s.trim() == "0")
-        .unwrap_or(false)
+    output(Command::new("id").arg("-u")).map(|s| s.trim() == "0").unwrap_or(false)
 }

@@ -75,11 +75,7 @@ pub(crate) fn build(
         Strategy::Pinned => in_place::build(pd, fd, offset, len, access, false)?,
         Strategy::Staging => staging::build(pd, fd, offset, len, access)?,
     };
-    Ok(Built {
-        mr,
-        mapping,
-        strategy,
-    })
+    Ok(Built { mr, mapping, strategy })
 }
 
 /// Make bytes `start..end` of a built region durable in the file.
@@ -108,9 +104,7 @@ pub(crate) fn dup_file(fd: BorrowedFd<'_>) -> Result<std::fs::File, BuildError> 
 }
 
 fn fdatasync(fd: BorrowedFd<'_>) -> Result<(), BuildError> {
-    dup_file(fd)?
-        .sync_data()
-        .map_err(|e| BuildError::Io("fdatasync", io_errno(&e)))
+    dup_file(fd)?.sync_data().map_err(|e| BuildError::Io("fdatasync", io_errno(&e)))
 }
 
 pub(crate) fn io_errno(e: &std::io::Error) -> nix::errno::Errno {

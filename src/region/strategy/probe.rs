@@ -57,11 +57,7 @@ fn scratch(dir: &Path) -> std::io::Result<Scratch> {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     ));
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)?;
+    let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
     let s = Scratch { file, path };
     s.file.write_all_at(&vec![0xee; PROBE_LEN], 0)?;
     s.file.sync_all()?;
@@ -69,9 +65,7 @@ fn scratch(dir: &Path) -> std::io::Result<Scratch> {
 }
 
 fn pattern(seed: u8) -> Vec<u8> {
-    (0..XFER as u32)
-        .map(|i| (i.wrapping_mul(37) as u8) ^ seed)
-        .collect()
+    (0..XFER as u32).map(|i| (i.wrapping_mul(37) as u8) ^ seed).collect()
 }
 
 /// Decide the strategy for `access` on the file system holding `dir`.
@@ -122,10 +116,7 @@ pub(crate) fn probe(env: &ProbeEnv<'_>, dir: &Path, access: Access) -> Decision 
 }
 
 fn decided(strategy: Strategy, notes: Vec<String>) -> Decision {
-    Decision {
-        strategy,
-        reason: format!("{} => {}", notes.join("; "), strategy.label()),
-    }
+    Decision { strategy, reason: format!("{} => {}", notes.join("; "), strategy.label()) }
 }
 
 fn try_strategy(
@@ -139,9 +130,7 @@ fn try_strategy(
     let fd = if access.is_writable() {
         file.as_fd()
     } else {
-        ro = file
-            .try_clone()
-            .map_err(|e| format!("dup the scratch file: {e}"))?;
+        ro = file.try_clone().map_err(|e| format!("dup the scratch file: {e}"))?;
         ro.as_fd()
     };
     let built = build(strategy, env.pd, fd, 0, PROBE_LEN, access).map_err(|e| match e {
@@ -169,9 +158,7 @@ fn check_transfers(
     let local = MemoryRegion::register(env.pd, &local_map, MrAccess::LOCAL_WRITE)
         .map_err(|e| format!("cannot test transfers: {e}"))?;
     let wait = |id: u64| -> Result<(), String> {
-        let wc = cq
-            .wait_one(WAIT)
-            .map_err(|e| format!("no completion: {e}"))?;
+        let wc = cq.wait_one(WAIT).map_err(|e| format!("no completion: {e}"))?;
         if wc.wr_id != id || wc.status != WcStatus::Success {
             return Err(format!("completion {wc:?}"));
         }
@@ -180,19 +167,14 @@ fn check_transfers(
     if access.is_writable() {
         let data = pattern(0x5a);
         local_map.write_at(0, &data).map_err(|e| e.to_string())?;
-        let remote = RemoteBuf {
-            addr: target.addr() + WRITE_AT as u64,
-            rkey: target.rkey(),
-        };
-        qa.post_write(1, &local, 0, XFER, remote)
-            .map_err(|e| e.to_string())?;
+        let remote = RemoteBuf { addr: target.addr() + WRITE_AT as u64, rkey: target.rkey() };
+        qa.post_write(1, &local, 0, XFER, remote).map_err(|e| e.to_string())?;
         wait(1).map_err(|e| format!("RDMA WRITE at offset {WRITE_AT}: {e}"))?;
         if mapping.is_file_backed() {
             mapping.sync().map_err(|e| e.to_string())?;
         }
         let mut back = vec![0; XFER];
-        file.read_exact_at(&mut back, WRITE_AT as u64)
-            .map_err(|e| e.to_string())?;
+        file.read_exact_at(&mut back, WRITE_AT as u64).map_err(|e| e.to_string())?;
         if back != data {
             return Err(format!(
                 "registered, but a {XFER}-byte RDMA WRITE at offset {WRITE_AT} (not page-aligned) \
@@ -203,19 +185,12 @@ fn check_transfers(
     }
     if matches!(access, Access::Read | Access::ReadWrite) {
         let known = pattern(0xc3);
-        file.write_all_at(&known, READ_AT as u64)
-            .map_err(|e| e.to_string())?;
-        let remote = RemoteBuf {
-            addr: target.addr() + READ_AT as u64,
-            rkey: target.rkey(),
-        };
-        qa.post_read(2, &local, 2048, XFER, remote)
-            .map_err(|e| e.to_string())?;
+        file.write_all_at(&known, READ_AT as u64).map_err(|e| e.to_string())?;
+        let remote = RemoteBuf { addr: target.addr() + READ_AT as u64, rkey: target.rkey() };
+        qa.post_read(2, &local, 2048, XFER, remote).map_err(|e| e.to_string())?;
         wait(2).map_err(|e| format!("RDMA READ at offset {READ_AT}: {e}"))?;
         let mut got = vec![0; XFER];
-        local_map
-            .read_at(2048, &mut got)
-            .map_err(|e| e.to_string())?;
+        local_map.read_at(2048, &mut got).map_err(|e| e.to_string())?;
         if got != known {
             return Err(format!(
                 "registered, but a {XFER}-byte RDMA READ at offset {READ_AT} (not page-aligned) \

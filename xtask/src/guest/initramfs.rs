@@ -24,21 +24,11 @@ pub fn build(k: &Prepared, work: &Path) -> Result<PathBuf> {
     std::fs::copy(busybox, stage.join("bin/busybox")).map_err(io)?;
     let mut order = String::new();
     for (i, src) in kernels::module_paths(k)?.iter().enumerate() {
-        let file = src
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or("bad module name")?;
-        let name = format!(
-            "{i:02}-{}",
-            file.trim_end_matches(".xz").trim_end_matches(".zst")
-        );
+        let file = src.file_name().and_then(|n| n.to_str()).ok_or("bad module name")?;
+        let name = format!("{i:02}-{}", file.trim_end_matches(".xz").trim_end_matches(".zst"));
         let dst = stage.join("modules").join(&name);
         if file.ends_with(".xz") {
-            let out = Command::new("xz")
-                .arg("-dc")
-                .arg(src)
-                .output()
-                .map_err(|e| e.to_string())?;
+            let out = Command::new("xz").arg("-dc").arg(src).output().map_err(|e| e.to_string())?;
             if !out.status.success() {
                 return Err(format!("xz -dc {} failed", src.display()));
             }

@@ -47,10 +47,8 @@ pub fn select(args: &[String]) -> Result<Vec<&'static KernelSpec>> {
             return Err(format!("unknown argument {a:?}"));
         }
         let id = it.next().ok_or("--kernel needs a value")?;
-        let spec = KERNELS
-            .iter()
-            .find(|k| k.id == id)
-            .ok_or_else(|| format!("unknown kernel {id:?}"))?;
+        let spec =
+            KERNELS.iter().find(|k| k.id == id).ok_or_else(|| format!("unknown kernel {id:?}"))?;
         chosen.push(spec);
     }
     if chosen.is_empty() {
@@ -70,15 +68,9 @@ pub struct Prepared {
 fn apt(dir: &Path, tool: &str) -> Command {
     let mut c = Command::new(tool);
     c.arg("-q")
-        .arg(format!(
-            "-o=Dir::Etc::sourcelist={}",
-            dir.join("sources.list").display()
-        ))
+        .arg(format!("-o=Dir::Etc::sourcelist={}", dir.join("sources.list").display()))
         .arg("-o=Dir::Etc::sourceparts=-")
-        .arg(format!(
-            "-o=Dir::State::Lists={}",
-            dir.join("lists").display()
-        ))
+        .arg(format!("-o=Dir::State::Lists={}", dir.join("lists").display()))
         .arg(format!("-o=Dir::Cache={}", dir.join("cache").display()))
         .arg("-o=APT::Sandbox::User=root")
         .arg("-o=Debug::NoLocking=1");
@@ -93,22 +85,14 @@ fn resolve(spec: &KernelSpec, aptdir: &Path) -> Result<String> {
         if matches!(&show, Ok(o) if o.status.success() && !o.stdout.is_empty()) {
             return Ok(pin.to_string());
         }
-        println!(
-            "    pinned {pin} has left {}; falling back to its linux-image-amd64",
-            spec.suite
-        );
+        println!("    pinned {pin} has left {}; falling back to its linux-image-amd64", spec.suite);
     }
     let deps = util::output(apt(aptdir, "apt-cache").args(["depends", "linux-image-amd64"]))?;
     deps.lines()
         .filter_map(|l| l.trim().strip_prefix("Depends: "))
         .find(|p| p.starts_with("linux-image-"))
         .map(str::to_string)
-        .ok_or_else(|| {
-            format!(
-                "no linux-image dependency of linux-image-amd64 in {}",
-                spec.suite
-            )
-        })
+        .ok_or_else(|| format!("no linux-image dependency of linux-image-amd64 in {}", spec.suite))
 }
 
 /// Download (cached under `work/kernel`), unpack and index the kernel's modules.
@@ -132,7 +116,6 @@ pub fn prepare(spec: &KernelSpec, work: &Path) -> Result<Prepared> {
         util::output(apt(&aptdir, "apt-get").arg("update"))?;
         let pkg = resolve(spec, &aptdir)?;
         println!("    package {pkg}");
-        let _ = &pkg;
         let _ = std::fs::remove_dir_all(&kdir);
         std::fs::create_dir_all(&kdir).map_err(|e| e.to_string())?;
         // Newer kernels split the image into linux-binary-* and linux-modules-* packages.
@@ -141,15 +124,23 @@ pub fn prepare(spec: &KernelSpec, work: &Path) -> Result<Prepared> {
         pkgs.extend(
             deps.lines()
                 .filter_map(|l| l.trim().strip_prefix("Depends: "))
-                .filter(|p| p.starts_with("linux-binary-") || p.starts_with("linux-modules-"))
+                .map(|p| p.trim_start_matches('<').trim_end_matches('>'))
+                .filter(|p| {
+                    ["linux-binary-", "linux-modules-", "linux-base-"]
+                        .iter()
+                        .any(|x| p.starts_with(x))
+                })
                 .map(str::to_string),
         );
-        util::output(
-            apt(&aptdir, "apt-get")
-                .current_dir(&kdir)
-                .arg("download")
-                .args(&pkgs),
-        )?;
+        for p in &pkgs {
+            // A part the archive lacks is skipped; the image and module checks below fail
+            // clearly if it was needed.
+            let Some(p) = available(&aptdir, p) else {
+                println!("    {p} is not in the archive; skipped");
+                continue;
+            };
+            util::output(apt(&aptdir, "apt-get").current_dir(&kdir).args(["download", &p]))?;
+        }
         let debs: Vec<PathBuf> = std::fs::read_dir(&kdir)
             .map_err(|e| e.to_string())?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -166,31 +157,45 @@ pub fn prepare(spec: &KernelSpec, work: &Path) -> Result<Prepared> {
         if !root.join("lib/modules").exists() && root.join("usr/lib/modules").exists() {
             std::os::unix::fs::symlink("usr/lib", root.join("lib")).map_err(|e| e.to_string())?;
         }
-        let release = release_of(&root)?;
+        let (release, _) = image_of(&root)?;
         util::output(Command::new("depmod").arg("-b").arg(&root).arg(&release))?;
         std::fs::write(kdir.join("ready"), &pkg).map_err(|e| e.to_string())?;
     }
-    let release = release_of(&root)?;
-    let vmlinuz = root.join(format!("boot/vmlinuz-{release}"));
-    Ok(Prepared {
-        release,
-        vmlinuz,
-        root,
+    let (release, vmlinuz) = image_of(&root)?;
+    Ok(Prepared { release, vmlinuz, root })
+}
+
+/// `pkg`, or its `-unsigned-` build when the archive has no signed one (backports at
+/// times carry only the unsigned image of their newest kernel).
+fn available(aptdir: &Path, pkg: &str) -> Option<String> {
+    let unsigned = pkg.replacen("linux-binary-", "linux-binary-unsigned-", 1);
+    [pkg.to_string(), unsigned].into_iter().find(|p| {
+        let show = apt(aptdir, "apt-cache").args(["show", p]).output();
+        matches!(&show, Ok(o) if o.status.success() && !o.stdout.is_empty())
     })
 }
 
-fn release_of(root: &Path) -> Result<String> {
-    std::fs::read_dir(root.join("boot"))
-        .map_err(|e| format!("{}: {e}", root.display()))?
-        .filter_map(|e| {
-            e.ok()?
-                .file_name()
-                .to_str()?
-                .strip_prefix("vmlinuz-")
-                .map(str::to_string)
-        })
-        .next()
-        .ok_or_else(|| format!("no vmlinuz in {}", root.join("boot").display()))
+/// The kernel release and its image: `boot/vmlinuz-<release>` in the classic packages,
+/// `usr/lib/modules/<release>/vmlinuz` in the newer split ones.
+fn image_of(root: &Path) -> Result<(String, PathBuf)> {
+    let boot = root.join("boot");
+    if let Ok(dir) = std::fs::read_dir(&boot) {
+        for e in dir.filter_map(|e| e.ok()) {
+            if let Some(rel) = e.file_name().to_str().and_then(|n| n.strip_prefix("vmlinuz-")) {
+                return Ok((rel.to_string(), e.path()));
+            }
+        }
+    }
+    let modules = root.join("usr/lib/modules");
+    if let Ok(dir) = std::fs::read_dir(&modules) {
+        for e in dir.filter_map(|e| e.ok()) {
+            if e.path().join("vmlinuz").exists() {
+                let rel = e.file_name().to_string_lossy().into_owned();
+                return Ok((rel, e.path().join("vmlinuz")));
+            }
+        }
+    }
+    Err(format!("no kernel image in {} or {}", boot.display(), modules.display()))
 }
 
 /// Modules the guest needs, in load order, as paths inside `root`. `optional` ones that this
@@ -201,23 +206,18 @@ pub fn module_paths(k: &Prepared) -> Result<Vec<PathBuf>> {
         "virtio_net",
         "9pnet_virtio",
         "9p",
+        "ib_uverbs",
         "rdma_rxe",
         "nd_pmem",
         "nd_e820",
         "ext4",
         "xfs",
     ];
-    const OPTIONAL: &[&str] = &[
-        "crc32_generic",
-        "crc32c_generic",
-        "crc32_cryptoapi",
-        "crc32c_cryptoapi",
-    ];
+    const OPTIONAL: &[&str] =
+        &["crc32_generic", "crc32c_generic", "crc32_cryptoapi", "crc32c_cryptoapi"];
     let mut paths: Vec<PathBuf> = Vec::new();
-    for (m, required) in OPTIONAL
-        .iter()
-        .map(|m| (m, false))
-        .chain(REQUIRED.iter().map(|m| (m, true)))
+    for (m, required) in
+        OPTIONAL.iter().map(|m| (m, false)).chain(REQUIRED.iter().map(|m| (m, true)))
     {
         let out = Command::new("modprobe")
             .arg("-d")

@@ -68,10 +68,7 @@ fn session(spec: &KernelSpec, what: &str, jobs: &[Job]) -> Result<Session> {
             n = j.name
         ));
     }
-    util::step(&format!(
-        "softroce {}: booting qemu, running {what}",
-        kernel.release
-    ));
+    util::step(&format!("softroce {}: booting qemu, running {what}", kernel.release));
     let console = qemu::boot(spec, &kernel, &work, &out, &script)?;
     let read = |f: String| std::fs::read_to_string(out.join(f)).unwrap_or_default();
     let results = jobs
@@ -102,25 +99,12 @@ impl Session {
 /// Boot `spec` and run every integration test binary's ignored (guest-only) tests.
 pub fn run_tests(spec: &KernelSpec, bins: &[(String, PathBuf)]) -> Result<GuestRun> {
     let args: &[&str] = &["--ignored", "--test-threads=2", "--skip", "reexec_entry"];
-    let jobs: Vec<Job> = bins
-        .iter()
-        .map(|(n, b)| Job {
-            name: n,
-            bin: b,
-            args,
-        })
-        .collect();
+    let jobs: Vec<Job> = bins.iter().map(|(n, b)| Job { name: n, bin: b, args }).collect();
     let s = session(spec, &format!("{} test binaries", jobs.len()), &jobs)?;
     let mut tally = Tally::default();
     for r in &s.results {
         let t = Tally::parse(&r.log);
-        println!(
-            "--- guest {} {} (exit {}) ---\n{}",
-            s.release,
-            r.name,
-            r.rc,
-            r.log.trim_end()
-        );
+        println!("--- guest {} {} (exit {}) ---\n{}", s.release, r.name, r.rc, r.log.trim_end());
         tally.add(&t);
         if r.rc != "0" && t.failed == 0 {
             // The binary crashed or never ran: count it as one failure.
@@ -131,11 +115,7 @@ pub fn run_tests(spec: &KernelSpec, bins: &[(String, PathBuf)]) -> Result<GuestR
         s.print_console_tail();
         tally.failed += 1;
     }
-    Ok(GuestRun {
-        release: s.release,
-        odp: s.odp,
-        tally,
-    })
+    Ok(GuestRun { release: s.release, odp: s.odp, tally })
 }
 
 /// Boot `spec` and run `jobs` (the demo, benchmarks), printing their output.

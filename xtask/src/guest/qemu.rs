@@ -72,12 +72,7 @@ pub fn boot(
             repo.display()
         ))
         // An isolated hub with the guest's NIC alone on it: no path to any network.
-        .args([
-            "-netdev",
-            "hubport,id=n0,hubid=0",
-            "-device",
-            "virtio-net-pci,netdev=n0",
-        ])
+        .args(["-netdev", "hubport,id=n0,hubid=0", "-device", "virtio-net-pci,netdev=n0"])
         .stdin(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot start qemu-system-x86_64: {e}"))?;
