@@ -96,7 +96,9 @@ pub struct RegionEvent {
     pub region: u64,
     /// What happened.
     pub kind: RegionEventKind,
-    /// Wall-clock time it happened (for `Revoked`: right after the lease's release).
+    /// Wall-clock time it happened. For `Revoked`: when the region was torn down
+    /// (committed, deregistered, unmapped), just before the lease was released, so it is
+    /// earlier than anything the breaker does once its open or truncate returns.
     pub at: SystemTime,
 }
 

@@ -94,7 +94,11 @@ impl RegionShared {
     }
 
     pub(crate) fn emit(&self, mgr: &ManagerInner, kind: RegionEventKind) {
-        let _ = mgr.events.send(RegionEvent { region: self.id, kind, at: SystemTime::now() });
+        self.emit_at(mgr, kind, SystemTime::now());
+    }
+
+    pub(crate) fn emit_at(&self, mgr: &ManagerInner, kind: RegionEventKind, at: SystemTime) {
+        let _ = mgr.events.send(RegionEvent { region: self.id, kind, at });
     }
 }
 

@@ -53,6 +53,7 @@ pub(crate) async fn revoke_file(
         }
         r.set_state(&mgr, &mut slot, RegionState::Revoked);
     }
+    let torn_down = std::time::SystemTime::now();
     let mut kernel_forced = reason == RevokeReason::KernelForced;
     // Release in both cases: after a kernel-forced break the engine still needs the
     // release to start taking the lease back (a second call reports NoBreakPending).
@@ -78,6 +79,6 @@ pub(crate) async fn revoke_file(
                 ("forced", forced.to_string()),
             ])
             .inc();
-        r.emit(&mgr, RegionEventKind::Revoked { reason, forced, since_break });
+        r.emit_at(&mgr, RegionEventKind::Revoked { reason, forced, since_break }, torn_down);
     }
 }
