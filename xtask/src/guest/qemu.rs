@@ -10,7 +10,7 @@ use super::kernels::{KernelSpec, Prepared};
 use crate::Result;
 
 /// Longest a guest may run before it is killed.
-const GUEST_TIMEOUT: Duration = Duration::from_secs(600);
+const GUEST_TIMEOUT: Duration = Duration::from_secs(360);
 
 const SETUP: &str = include_str!("setup.sh");
 
