@@ -104,7 +104,8 @@ pub fn run_tests(spec: &KernelSpec, bins: &[(String, PathBuf)]) -> Result<GuestR
     let mut tally = Tally::default();
     for r in &s.results {
         let t = Tally::parse(&r.log);
-        println!("--- guest {} {} (exit {}) ---\n{}", s.release, r.name, r.rc, r.log.trim_end());
+        let rc = if r.rc.is_empty() { "none: it did not finish" } else { &r.rc };
+        println!("--- guest {} {} (exit {rc}) ---\n{}", s.release, r.name, r.log.trim_end());
         tally.add(&t);
         if r.rc != "0" && t.failed == 0 {
             // The binary crashed or never ran: count it as one failure.
