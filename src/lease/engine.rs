@@ -21,6 +21,7 @@ use super::{
     EngineConfig, EngineStats, FileId, LeaseError, LeaseEvent, LeaseEvents, LeaseResult,
     ReleaseReport, config, listener, reacquire,
 };
+use crate::sys::io_errno;
 use crate::sys::lease::{self as raw, RawLease};
 use crate::sys::reactor::{self, InotifyFd};
 use crate::sys::signal::{self, ClaimError, SignalSlot};
@@ -85,10 +86,6 @@ impl std::fmt::Debug for LeaseEngine {
 
 fn setup(op: &'static str) -> impl Fn(Errno) -> LeaseError {
     move |errno| LeaseError::Setup { op, errno }
-}
-
-fn io_errno(e: &std::io::Error) -> Errno {
-    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 impl LeaseEngine {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use nix::errno::Errno;
 
-use crate::sys::{Mapping, Protection};
+use crate::sys::{Mapping, Protection, io_errno};
 use crate::verbs::{Access, MemoryRegion, ProtectionDomain};
 
 /// Size of the mapping each matrix case registers (as in KERNEL-FACTS.md).
@@ -102,10 +102,6 @@ pub fn matrix_cases(dir: &Path, with_anonymous: bool) -> Vec<MatrixCase> {
     cases
 }
 
-fn errno_of(e: std::io::Error) -> Errno {
-    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
-}
-
 /// Run one case: create the backing, map it, register it, deregister. `Err(errno)` is the
 /// kernel's answer (or the errno of a setup step, which callers should treat as a failure
 /// of the environment).
@@ -124,12 +120,12 @@ pub fn run_case(pd: &Arc<ProtectionDomain>, case: &MatrixCase) -> Outcome {
                 .create(true)
                 .truncate(true)
                 .open(&path)
-                .map_err(errno_of)?;
-            f.write_all(&vec![0x5a; CASE_BYTES]).map_err(errno_of)?;
-            f.sync_all().map_err(errno_of)?;
+                .map_err(|e| io_errno(&e))?;
+            f.write_all(&vec![0x5a; CASE_BYTES]).map_err(|e| io_errno(&e))?;
+            f.sync_all().map_err(|e| io_errno(&e))?;
             let ro;
             let fd = if case.prot == Protection::Read {
-                ro = std::fs::File::open(&path).map_err(errno_of)?;
+                ro = std::fs::File::open(&path).map_err(|e| io_errno(&e))?;
                 &ro
             } else {
                 &f

@@ -19,10 +19,11 @@ use super::guard::GuardWord;
 use super::handle::{Region, RegionInfo, RegionShared, Slot, build_error};
 use super::state::RegionState;
 use super::strategy::probe::{ProbeEnv, probe};
-use super::strategy::{self, Decision, io_errno};
+use super::strategy::{self, Decision};
 use super::{RegionError, events_task};
 use crate::lease::{FileId, LeaseEngine, LeaseError, LeaseState};
 use crate::metrics::RegionMetrics;
+use crate::sys::io_errno;
 use crate::verbs::{Context, OdpCaps, ProtectionDomain};
 
 pub(crate) struct ManagerInner {

@@ -33,7 +33,7 @@ fn rebuild_one(mgr: &ManagerInner, r: &RegionShared, slot: &mut Slot) -> Result<
     let fd = r.lease.fd();
     let file_len = strategy::dup_file(fd)
         .and_then(|f| {
-            f.metadata().map_err(|e| strategy::BuildError::Io("fstat", strategy::io_errno(&e)))
+            f.metadata().map_err(|e| strategy::BuildError::Io("fstat", crate::sys::io_errno(&e)))
         })
         .map_err(|e| LostReason::RebuildFailed(format!("{e:?}")))?
         .len();

@@ -20,3 +20,8 @@ impl SysError {
         Self { call, errno, detail: detail.into() }
     }
 }
+
+/// The errno behind a `std::io::Error` (`EIO` when it carries none).
+pub fn io_errno(e: &std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}

@@ -5,7 +5,7 @@
 mod error;
 mod mapping;
 
-pub use error::{SysError, SysResult};
+pub use error::{SysError, SysResult, io_errno};
 pub use mapping::{Mapping, Protection, page_size};
 pub(crate) mod lease;
 #[doc(hidden)]

@@ -10,7 +10,7 @@ use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
 use super::config::Access;
-use crate::sys::{Mapping, SysError};
+use crate::sys::{Mapping, SysError, io_errno};
 use crate::verbs::{MemoryRegion, ProtectionDomain, VerbsError};
 
 /// A registration strategy.
@@ -105,8 +105,4 @@ pub(crate) fn dup_file(fd: BorrowedFd<'_>) -> Result<std::fs::File, BuildError> 
 
 fn fdatasync(fd: BorrowedFd<'_>) -> Result<(), BuildError> {
     dup_file(fd)?.sync_data().map_err(|e| BuildError::Io("fdatasync", io_errno(&e)))
-}
-
-pub(crate) fn io_errno(e: &std::io::Error) -> nix::errno::Errno {
-    nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }

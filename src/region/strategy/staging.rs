@@ -5,9 +5,9 @@ use std::os::fd::BorrowedFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use super::{BuildError, dup_file, io_errno};
+use super::{BuildError, dup_file};
 use crate::region::config::Access;
-use crate::sys::Mapping;
+use crate::sys::{Mapping, io_errno};
 use crate::verbs::{Access as MrAccess, MemoryRegion, ProtectionDomain};
 
 /// Bytes copied per pread/pwrite.
