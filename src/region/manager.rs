@@ -211,10 +211,8 @@ impl Manager {
         if lease.state() != LeaseState::Held {
             return Err(RegionError::Busy { path: path.to_path_buf() });
         }
-        let file_len = strategy::dup_file(lease.fd())
-            .and_then(|f| f.metadata().map_err(|e| strategy::BuildError::Io("fstat", io_errno(&e))))
-            .map_err(|e| build_error(e, path, offset, len))?
-            .len();
+        let file_len =
+            strategy::file_len(lease.fd()).map_err(|e| build_error(e, path, offset, len))?;
         if let Some(e) = beyond(file_len) {
             return Err(e);
         }

@@ -31,12 +31,8 @@ pub(crate) fn rebuild_file(mgr: &Arc<ManagerInner>, file: FileId) {
 
 fn rebuild_one(mgr: &ManagerInner, r: &RegionShared, slot: &mut Slot) -> Result<(), LostReason> {
     let fd = r.lease.fd();
-    let file_len = strategy::dup_file(fd)
-        .and_then(|f| {
-            f.metadata().map_err(|e| strategy::BuildError::Io("fstat", crate::sys::io_errno(&e)))
-        })
-        .map_err(|e| LostReason::RebuildFailed(format!("{e:?}")))?
-        .len();
+    let file_len =
+        strategy::file_len(fd).map_err(|e| LostReason::RebuildFailed(format!("{e:?}")))?;
     if file_len <= r.offset {
         return Err(LostReason::Shrunk { file_len });
     }

@@ -8,6 +8,7 @@ use tokio::io::unix::AsyncFd;
 
 use super::device::Context;
 use super::error::{VerbsError, VerbsResult};
+use crate::sys::io_errno;
 
 /// One asynchronous device event (`ibv_async_event`), already acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,11 +46,7 @@ impl AsyncEvents {
         // field is dropped after `fd`), so it stays valid and the same for its lifetime.
         let fd = unsafe { AsyncFd::register(EventFd(raw)) }.map_err(|e| {
             let (_, e) = e.into_parts();
-            VerbsError::new(
-                "epoll_ctl(async_fd)",
-                Errno::from_raw(e.raw_os_error().unwrap_or(0)),
-                ctx.name(),
-            )
+            VerbsError::new("epoll_ctl(async_fd)", io_errno(&e), ctx.name())
         })?;
         Ok(AsyncEvents { fd, ctx: ctx.clone() })
     }
@@ -81,11 +78,7 @@ impl AsyncEvents {
                 return Ok(ev);
             }
             let mut guard = self.fd.readable().await.map_err(|e| {
-                VerbsError::new(
-                    "epoll_wait(async_fd)",
-                    Errno::from_raw(e.raw_os_error().unwrap_or(0)),
-                    self.ctx.name(),
-                )
+                VerbsError::new("epoll_wait(async_fd)", io_errno(&e), self.ctx.name())
             })?;
             guard.clear_ready();
         }

@@ -103,6 +103,13 @@ pub(crate) fn dup_file(fd: BorrowedFd<'_>) -> Result<std::fs::File, BuildError> 
         .map_err(|e| BuildError::Io("dup", io_errno(&e)))
 }
 
-fn fdatasync(fd: BorrowedFd<'_>) -> Result<(), BuildError> {
-    dup_file(fd)?.sync_data().map_err(|e| BuildError::Io("fdatasync", io_errno(&e)))
+/// `fdatasync` through `fd`.
+pub(crate) fn fdatasync(fd: BorrowedFd<'_>) -> Result<(), BuildError> {
+    nix::unistd::fdatasync(fd).map_err(|e| BuildError::Io("fdatasync", e))
+}
+
+/// The file's current length, `fstat` through `fd` (the lease's: no new open).
+pub(crate) fn file_len(fd: BorrowedFd<'_>) -> Result<u64, BuildError> {
+    let st = nix::sys::stat::fstat(fd).map_err(|e| BuildError::Io("fstat", e))?;
+    Ok(st.st_size as u64)
 }

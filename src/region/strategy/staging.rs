@@ -60,5 +60,5 @@ pub(super) fn write_back(
             .map_err(|e| BuildError::Io("pwrite", io_errno(&e)))?;
         at += n;
     }
-    file.sync_data().map_err(|e| BuildError::Io("fdatasync", io_errno(&e)))
+    super::fdatasync(fd)
 }
