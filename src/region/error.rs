@@ -157,16 +157,9 @@ impl RegionError {
 
 fn lease_errno(e: &LeaseError) -> Errno {
     match e {
-        LeaseError::NotRegularFile { errno, .. }
-        | LeaseError::PermissionDenied { errno, .. }
-        | LeaseError::LeasesDisabled { errno, .. }
-        | LeaseError::OtherOpenExists { errno, .. }
-        | LeaseError::WriterHasFileOpen { errno, .. }
-        | LeaseError::Unsupported { errno, .. }
-        | LeaseError::LeasedElsewhere { errno, .. }
-        | LeaseError::Sys { errno, .. } => *errno,
         LeaseError::UpgradeUnsupported { .. } => Errno::EBUSY,
-        _ => Errno::EIO,
+        LeaseError::Setup { .. } => Errno::EIO,
+        e => e.errno().unwrap_or(Errno::EIO),
     }
 }
 
