@@ -23,6 +23,11 @@ impl Access {
         !matches!(self, Access::Read)
     }
 
+    /// Whether peers may read.
+    pub fn is_readable(self) -> bool {
+        !matches!(self, Access::Write)
+    }
+
     pub(crate) fn lease_kind(self) -> LeaseKind {
         if self.is_writable() { LeaseKind::Write } else { LeaseKind::Read }
     }

@@ -87,7 +87,7 @@ pub(crate) fn probe(env: &ProbeEnv<'_>, dir: &Path, access: Access) -> Decision 
     if access.is_writable() {
         bits |= OdpCaps::WRITE;
     }
-    if matches!(access, Access::Read | Access::ReadWrite) {
+    if access.is_readable() {
         bits |= OdpCaps::READ;
     }
     if !env.odp.rc_supports(bits) {
@@ -183,7 +183,7 @@ fn check_transfers(
             ));
         }
     }
-    if matches!(access, Access::Read | Access::ReadWrite) {
+    if access.is_readable() {
         let known = pattern(0xc3);
         file.write_all_at(&known, READ_AT as u64).map_err(|e| e.to_string())?;
         let remote = RemoteBuf { addr: target.addr() + READ_AT as u64, rkey: target.rkey() };
