@@ -125,19 +125,17 @@ fn try_strategy(
     strategy: Strategy,
     access: Access,
 ) -> Result<(), String> {
-    // Read leases map a read-only fd: probe through one too.
-    let ro;
-    let fd = if access.is_writable() {
-        file.as_fd()
-    } else {
-        ro = file.try_clone().map_err(|e| format!("dup the scratch file: {e}"))?;
-        ro.as_fd()
-    };
-    let built = build(strategy, env.pd, fd, 0, PROBE_LEN, access).map_err(|e| match e {
-        BuildError::Register(v) => format!("ibv_reg_mr failed: {:?} ({})", v.errno, v.errno.desc()),
-        BuildError::Map(s) => format!("{} failed: {:?}", s.call, s.errno),
-        BuildError::Io(op, errno) => format!("{op} failed: {errno:?}"),
-    })?;
+    // `build` maps with the access's protection: PROT_READ for read regions, as their read
+    // lease's fd allows. (The scratch fd itself is read-write: a dup of it, which this used
+    // to take for read access, is read-write too.)
+    let built =
+        build(strategy, env.pd, file.as_fd(), 0, PROBE_LEN, access).map_err(|e| match e {
+            BuildError::Register(v) => {
+                format!("ibv_reg_mr failed: {:?} ({})", v.errno, v.errno.desc())
+            }
+            BuildError::Map(s) => format!("{} failed: {:?}", s.call, s.errno),
+            BuildError::Io(op, errno) => format!("{op} failed: {errno:?}"),
+        })?;
     check_transfers(env, file, &built.mr, &built.mapping, access)
 }
 
