@@ -125,9 +125,9 @@ fn try_strategy(
     strategy: Strategy,
     access: Access,
 ) -> Result<(), String> {
-    // `build` maps with the access's protection: PROT_READ for read regions, as their read
-    // lease's fd allows. (The scratch fd itself is read-write: a dup of it, which this used
-    // to take for read access, is read-write too.)
+    // `build` maps with the access's protection: PROT_READ for read regions. The scratch fd
+    // is read-write, while a read region maps through its read lease's read-only fd; the
+    // guest tests assert that both give the same decisions on both kernels.
     let built =
         build(strategy, env.pd, file.as_fd(), 0, PROBE_LEN, access).map_err(|e| match e {
             BuildError::Register(v) => {
