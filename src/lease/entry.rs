@@ -131,6 +131,13 @@ impl Lease {
         self.entry.state.lock().state
     }
 
+    /// How many breaks of this lease have been delivered so far. Compare two readings to
+    /// know whether the lease broke in between (a break, release and reacquire can all
+    /// happen between two looks at [`Lease::state`]).
+    pub fn breaks(&self) -> u64 {
+        self.entry.state.lock().generation
+    }
+
     /// Same as [`LeaseEngine::release`](super::LeaseEngine::release) for this file.
     pub fn release(&self) -> LeaseResult<ReleaseReport> {
         self.inner.release_entry(&self.entry)

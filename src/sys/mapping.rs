@@ -107,6 +107,59 @@ impl Mapping {
         Ok(Mapping { base: base.cast(), map_len: len, head: 0, len, file_backed: false })
     }
 
+    /// `len` bytes of scratch memory whose first byte sits `head` bytes into a page,
+    /// costing at most `chunk` bytes of RAM whatever `len` is: one shared memory
+    /// (`memfd`) chunk mapped `MAP_SHARED` again and again over a reserved address range.
+    /// What is written anywhere lands in the chunk and is seen at every repetition:
+    /// memory for I/O whose bytes nobody keeps. `chunk` is rounded up to whole pages.
+    pub fn scratch(head: usize, len: usize, chunk: usize) -> SysResult<Mapping> {
+        let page = page_size();
+        let detail = || format!("scratch head {head} len {len} chunk {chunk}");
+        let round = |n: usize| n.checked_add(page - 1).map(|n| n / page * page);
+        let map_len = head
+            .checked_add(len)
+            .filter(|_| head < page && len > 0 && chunk > 0)
+            .and_then(round)
+            .and_then(NonZeroUsize::new)
+            .ok_or_else(|| SysError::new("mmap", Errno::EINVAL, detail()))?;
+        let chunk = round(chunk).unwrap_or(page).min(map_len.get());
+        let fd = nix::sys::memfd::memfd_create(c"filemr-scratch", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+            .map_err(|e| SysError::new("memfd_create", e, detail()))?;
+        nix::unistd::ftruncate(&fd, chunk as i64)
+            .map_err(|e| SysError::new("ftruncate", e, detail()))?;
+        // SAFETY: a fresh PROT_NONE reservation chosen by the kernel aliases nothing.
+        let base = unsafe {
+            mmap_anonymous(
+                None,
+                map_len,
+                ProtFlags::PROT_NONE,
+                MapFlags::MAP_PRIVATE | MapFlags::MAP_NORESERVE,
+            )
+        }
+        .map_err(|e| SysError::new("mmap", e, detail()))?;
+        let mapping = Mapping { base: base.cast(), map_len: map_len.get(), head, len, file_backed: false };
+        let mut at = 0;
+        while at < map_len.get() {
+            let n = chunk.min(map_len.get() - at);
+            let addr = NonZeroUsize::new(base.as_ptr() as usize + at);
+            // SAFETY: MAP_FIXED replaces pages of our own reservation only (`at + n` stays
+            // inside it); nothing references them yet. On error `mapping` unmaps it all.
+            unsafe {
+                mmap(
+                    addr,
+                    NonZeroUsize::new(n).expect("n > 0"),
+                    ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                    MapFlags::MAP_SHARED | MapFlags::MAP_FIXED,
+                    &fd,
+                    0,
+                )
+            }
+            .map_err(|e| SysError::new("mmap", e, detail()))?;
+            at += n;
+        }
+        Ok(mapping)
+    }
+
     /// Address of the first byte the caller asked for.
     pub fn as_ptr(&self) -> *mut u8 {
         // SAFETY: `head < map_len`, so the result stays inside the mapping.
@@ -160,9 +213,25 @@ impl Mapping {
 
     /// `msync(MS_SYNC)` the whole mapping: file data written through it reaches the file.
     pub fn sync(&self) -> SysResult<()> {
-        // SAFETY: base/map_len describe exactly the live mapping.
-        unsafe { msync(self.base.cast(), self.map_len, MsFlags::MS_SYNC) }
-            .map_err(|e| SysError::new("msync", e, format!("len {}", self.len)))
+        self.sync_range(0, self.len)
+    }
+
+    /// `msync(MS_SYNC)` the pages holding bytes `start..end` of the mapping.
+    pub fn sync_range(&self, start: usize, end: usize) -> SysResult<()> {
+        if start > end {
+            return Err(SysError::new("msync", Errno::EINVAL, format!("range {start}..{end}")));
+        }
+        self.check(start, end - start, "msync")?;
+        if start == end {
+            return Ok(());
+        }
+        let page = page_size();
+        let first = (self.head + start) / page * page;
+        let last = self.head + end;
+        // SAFETY: `first..last` lies inside the live mapping (bounds-checked above) and
+        // `first` is page aligned.
+        unsafe { msync(self.base.byte_add(first).cast(), last - first, MsFlags::MS_SYNC) }
+            .map_err(|e| SysError::new("msync", e, format!("range {start}..{end} of {}", self.len)))
     }
 }
 
@@ -204,6 +273,31 @@ mod tests {
         assert_eq!(m.read_at(4999, &mut [0; 2]).unwrap_err().errno, Errno::ERANGE);
         assert_eq!(Mapping::file(&f, 0, 0, Protection::Read).unwrap_err().errno, Errno::EINVAL);
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn scratch_repeats_one_chunk_over_its_whole_length() {
+        let page = page_size();
+        let m = Mapping::scratch(100, 64 * page, 4 * page).unwrap();
+        assert_eq!(m.len(), 64 * page);
+        assert_eq!(m.as_ptr() as usize % page, 100);
+        m.write_at(0, b"abc").unwrap();
+        let mut got = [0u8; 3];
+        // Byte 0 sits 100 bytes into the chunk, so does byte 4 pages on.
+        m.read_at(4 * page, &mut got).unwrap();
+        assert_eq!(&got, b"abc");
+        m.read_at(60 * page, &mut got).unwrap();
+        assert_eq!(&got, b"abc");
+        assert_eq!(Mapping::scratch(page, 1, page).unwrap_err().errno, Errno::EINVAL);
+        assert_eq!(Mapping::scratch(0, 0, page).unwrap_err().errno, Errno::EINVAL);
+    }
+
+    #[test]
+    fn sync_range_checks_bounds() {
+        let m = Mapping::anonymous(3 * page_size()).unwrap();
+        assert_eq!(m.sync_range(0, 3 * page_size() + 1).unwrap_err().errno, Errno::ERANGE);
+        assert_eq!(m.sync_range(2, 1).unwrap_err().errno, Errno::EINVAL);
+        m.sync_range(5, 5).unwrap();
     }
 
     #[test]

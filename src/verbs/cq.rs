@@ -1,8 +1,10 @@
+use std::collections::{HashMap, VecDeque};
 use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
+use parking_lot::Mutex;
 use rdma_sys as ffi;
 
 use super::device::Context;
@@ -52,10 +54,35 @@ pub struct WorkCompletion {
     pub qp_num: u32,
 }
 
+/// `wr_id` values whose top 16 bits are this tag belong to filemr's own work requests
+/// (memory-window binds and invalidations it posts on a queue pair it shares with the
+/// application). [`CompletionQueue::poll`] never returns their completions: it keeps them
+/// for the filemr call waiting on them. Applications must not post work with such ids.
+pub const RESERVED_WR_ID_TAG: u64 = 0xF11E << 48;
+
+/// Whether `wr_id` carries [`RESERVED_WR_ID_TAG`].
+pub fn is_reserved_wr_id(wr_id: u64) -> bool {
+    wr_id & (0xFFFF << 48) == RESERVED_WR_ID_TAG
+}
+
+/// Completions polled by one caller on behalf of another: filemr's own (keyed by
+/// `wr_id`) found by an application poll, and the application's found while filemr
+/// waited for its own.
+#[derive(Default)]
+struct Stash {
+    reserved: HashMap<u64, WorkCompletion>,
+    others: VecDeque<WorkCompletion>,
+}
+
 /// A completion queue (`ibv_cq`), destroyed on drop.
+///
+/// It may be shared between the application and filemr: completions of filemr's own
+/// work requests (see [`RESERVED_WR_ID_TAG`]) are set aside for filemr and never
+/// returned by [`CompletionQueue::poll`].
 pub struct CompletionQueue {
     ptr: NonNull<ffi::ibv_cq>,
     ctx: Arc<Context>,
+    stash: Mutex<Stash>,
 }
 
 // SAFETY: verbs objects are thread-safe.
@@ -75,7 +102,7 @@ impl CompletionQueue {
         };
         let ptr = NonNull::new(cq)
             .ok_or_else(|| VerbsError::last("ibv_create_cq", format!("{entries} entries")))?;
-        Ok(Arc::new(CompletionQueue { ptr, ctx: ctx.clone() }))
+        Ok(Arc::new(CompletionQueue { ptr, ctx: ctx.clone(), stash: Mutex::default() }))
     }
 
     pub(crate) fn as_ptr(&self) -> *mut ffi::ibv_cq {
@@ -87,28 +114,75 @@ impl CompletionQueue {
         &self.ctx
     }
 
-    /// Poll up to `max` completions without blocking.
+    /// One completion straight from the device queue, if any.
+    fn poll_raw(&self) -> VerbsResult<Option<WorkCompletion>> {
+        // SAFETY: `ibv_wc` is plain old data; zero is a valid value to be overwritten.
+        let mut wc: ffi::ibv_wc = unsafe { std::mem::zeroed() };
+        // SAFETY: the CQ is live and `wc` has room for one entry.
+        let n = unsafe { ffi::ibv_poll_cq(self.as_ptr(), 1, &mut wc) };
+        if n < 0 {
+            return Err(VerbsError::from_ret("ibv_poll_cq", n, ""));
+        }
+        Ok((n > 0).then(|| WorkCompletion {
+            wr_id: wc.wr_id,
+            status: WcStatus::from_raw(wc.status),
+            byte_len: wc.byte_len,
+            qp_num: wc.qp_num,
+        }))
+    }
+
+    /// Poll up to `max` completions without blocking (completions of filemr's own work
+    /// requests are set aside, not returned).
     pub fn poll(&self, max: usize) -> VerbsResult<Vec<WorkCompletion>> {
-        let mut out = Vec::new();
-        for _ in 0..max {
-            // SAFETY: `ibv_wc` is plain old data; zero is a valid value to be overwritten.
-            let mut wc: ffi::ibv_wc = unsafe { std::mem::zeroed() };
-            // SAFETY: the CQ is live and `wc` has room for one entry.
-            let n = unsafe { ffi::ibv_poll_cq(self.as_ptr(), 1, &mut wc) };
-            if n < 0 {
-                return Err(VerbsError::from_ret("ibv_poll_cq", n, ""));
+        let mut stash = self.stash.lock();
+        let take = max.min(stash.others.len());
+        let mut out: Vec<WorkCompletion> = stash.others.drain(..take).collect();
+        while out.len() < max {
+            let Some(wc) = self.poll_raw()? else { break };
+            if is_reserved_wr_id(wc.wr_id) {
+                stash.reserved.insert(wc.wr_id, wc);
+            } else {
+                out.push(wc);
             }
-            if n == 0 {
-                break;
-            }
-            out.push(WorkCompletion {
-                wr_id: wc.wr_id,
-                status: WcStatus::from_raw(wc.status),
-                byte_len: wc.byte_len,
-                qp_num: wc.qp_num,
-            });
         }
         Ok(out)
+    }
+
+    /// Waits for the completion of filemr's own work request `wr_id` (see
+    /// [`RESERVED_WR_ID_TAG`]) for up to `timeout` (`ETIMEDOUT`), keeping the other
+    /// completions it meets for [`CompletionQueue::poll`].
+    pub(crate) fn wait_reserved(
+        &self,
+        wr_id: u64,
+        timeout: Duration,
+    ) -> VerbsResult<WorkCompletion> {
+        let start = Instant::now();
+        loop {
+            {
+                let mut stash = self.stash.lock();
+                if let Some(wc) = stash.reserved.remove(&wr_id) {
+                    return Ok(wc);
+                }
+                while let Some(wc) = self.poll_raw()? {
+                    if wc.wr_id == wr_id {
+                        return Ok(wc);
+                    }
+                    if is_reserved_wr_id(wc.wr_id) {
+                        stash.reserved.insert(wc.wr_id, wc);
+                    } else {
+                        stash.others.push_back(wc);
+                    }
+                }
+            }
+            if start.elapsed() > timeout {
+                return Err(VerbsError::new(
+                    "ibv_poll_cq",
+                    Errno::ETIMEDOUT,
+                    format!("no completion of work request {wr_id:#x} in {timeout:?}"),
+                ));
+            }
+            std::thread::sleep(Duration::from_micros(20));
+        }
     }
 
     /// Poll until one completion arrives or `timeout` passes (`ETIMEDOUT`).

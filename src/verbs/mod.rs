@@ -18,10 +18,10 @@ mod qp;
 
 pub use access::Access;
 pub use async_event::{AsyncEvent, AsyncEvents};
-pub use cq::{CompletionQueue, WcStatus, WorkCompletion};
+pub use cq::{CompletionQueue, RESERVED_WR_ID_TAG, WcStatus, WorkCompletion, is_reserved_wr_id};
 pub use device::{Context, DeviceCaps, OdpCaps, PortInfo, device_names};
 pub use error::{VerbsError, VerbsResult};
 pub use mr::MemoryRegion;
 pub use mw::{MemoryWindow, MwType};
 pub use pd::ProtectionDomain;
-pub use qp::{QueuePair, RemoteBuf};
+pub use qp::{QpState, QueuePair, RemoteBuf};

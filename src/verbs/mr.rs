@@ -14,6 +14,9 @@ use crate::sys::Mapping;
 /// the mapping it covers, so the memory cannot be unmapped while the device may use it.
 pub struct MemoryRegion {
     ptr: NonNull<ffi::ibv_mr>,
+    /// The address the region is known by on the wire and in local SGEs (its IOVA):
+    /// the memory's virtual address unless registered with [`MemoryRegion::register_at`].
+    iova: u64,
     access: Access,
     pd: Arc<ProtectionDomain>,
     _mapping: Option<Arc<Mapping>>,
@@ -49,6 +52,39 @@ impl MemoryRegion {
         Ok(mr)
     }
 
+    /// Register the whole of `mapping` with `access`, known to the device (and to peers,
+    /// and in local SGEs) by the address `iova` instead of the mapping's own address
+    /// (`ibv_reg_mr_iova2`). Two regions over different memory can so share one address
+    /// range: a rebuilt region keeps its predecessor's addresses, and scratch memory can
+    /// stand in for a region under a memory window bound at the same addresses.
+    pub fn register_at(
+        pd: &Arc<ProtectionDomain>,
+        mapping: &Arc<Mapping>,
+        iova: u64,
+        access: Access,
+    ) -> VerbsResult<MemoryRegion> {
+        let (addr, len) = (mapping.as_ptr(), mapping.len());
+        let in_page = |a: u64| a % crate::sys::page_size() as u64;
+        if in_page(iova) != in_page(addr as u64) {
+            // The device translates whole pages: the in-page offsets must agree.
+            return Err(VerbsError::new(
+                "ibv_reg_mr_iova2",
+                nix::errno::Errno::EINVAL,
+                format!("iova {iova:#x} and address {addr:p} differ within the page"),
+            ));
+        }
+        // SAFETY: the PD is live; the mapping stays mapped while the MR lives (we keep an
+        // Arc to it).
+        let mr = unsafe { ffi::ibv_reg_mr_iova2(pd.as_ptr(), addr.cast(), len, iova, access.bits()) };
+        let ptr = NonNull::new(mr).ok_or_else(|| {
+            VerbsError::last(
+                "ibv_reg_mr_iova2",
+                format!("addr {addr:p} len {len} iova {iova:#x} access {access:?}"),
+            )
+        })?;
+        Ok(MemoryRegion { ptr, iova, access, pd: pd.clone(), _mapping: Some(mapping.clone()) })
+    }
+
     /// Register `len` bytes at `addr` with `access` (`ibv_reg_mr`).
     ///
     /// # Safety
@@ -66,7 +102,7 @@ impl MemoryRegion {
         let ptr = NonNull::new(mr).ok_or_else(|| {
             VerbsError::last("ibv_reg_mr", format!("addr {addr:p} len {len} access {access:?}"))
         })?;
-        Ok(MemoryRegion { ptr, access, pd: pd.clone(), _mapping: None })
+        Ok(MemoryRegion { ptr, iova: addr as u64, access, pd: pd.clone(), _mapping: None })
     }
 
     fn raw(&self) -> &ffi::ibv_mr {
@@ -84,9 +120,15 @@ impl MemoryRegion {
         self.raw().rkey
     }
 
-    /// Start address (the address peers use with the rkey).
+    /// Start address as the device knows it (the IOVA): what peers use with the rkey,
+    /// memory windows are bound at, and local SGEs name.
     pub fn addr(&self) -> u64 {
-        self.raw().addr as u64
+        self.iova
+    }
+
+    /// The raw handle, for binding memory windows.
+    pub(crate) fn as_ptr(&self) -> *mut ffi::ibv_mr {
+        self.ptr.as_ptr()
     }
 
     /// Length in bytes.

@@ -15,7 +15,7 @@ pub enum MwType {
     Type2,
 }
 
-/// A memory window (`ibv_mw`), deallocated on drop.
+/// A memory window (`ibv_mw`), deallocated on drop (which also unbinds it).
 pub struct MemoryWindow {
     ptr: NonNull<ffi::ibv_mw>,
     kind: MwType,
@@ -47,7 +47,12 @@ impl MemoryWindow {
         self.kind
     }
 
-    /// The window's current rkey.
+    pub(crate) fn as_ptr(&self) -> *mut ffi::ibv_mw {
+        self.ptr.as_ptr()
+    }
+
+    /// The window's key: the one it was allocated with, which filemr keeps across binds
+    /// (see [`QueuePair::bind_mw`](super::QueuePair::bind_mw)).
     pub fn rkey(&self) -> u32 {
         // SAFETY: the MW is allocated until drop.
         unsafe { self.ptr.as_ref().rkey }

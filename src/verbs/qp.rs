@@ -1,13 +1,41 @@
 use std::ptr::NonNull;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use nix::errno::Errno;
 use rdma_sys as ffi;
 
-use super::cq::CompletionQueue;
+use super::access::Access;
+use super::cq::{CompletionQueue, RESERVED_WR_ID_TAG, WcStatus};
 use super::error::{VerbsError, VerbsResult};
 use super::mr::MemoryRegion;
+use super::mw::{MemoryWindow, MwType};
 use super::pd::ProtectionDomain;
+
+/// How long filemr waits for the completion of a bind or invalidate it posted.
+const LOCAL_OP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A queue pair's state (`ibv_qp_state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QpState {
+    /// `IBV_QPS_RESET`.
+    Reset,
+    /// `IBV_QPS_INIT`.
+    Init,
+    /// `IBV_QPS_RTR`.
+    ReadyToReceive,
+    /// `IBV_QPS_RTS`: connected, can send.
+    ReadyToSend,
+    /// `IBV_QPS_SQD`.
+    SendQueueDrained,
+    /// `IBV_QPS_SQE`.
+    SendQueueError,
+    /// `IBV_QPS_ERR`: every posted work request is flushed.
+    Error,
+    /// Any other value, raw.
+    Other(u32),
+}
 
 /// A remote buffer: the address and rkey a peer published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,7 +50,10 @@ pub struct RemoteBuf {
 pub struct QueuePair {
     ptr: NonNull<ffi::ibv_qp>,
     pd: Arc<ProtectionDomain>,
-    _cq: Arc<CompletionQueue>,
+    cq: Arc<CompletionQueue>,
+    /// Sequence of filemr's own work requests on this QP (their `wr_id`s carry
+    /// [`RESERVED_WR_ID_TAG`]).
+    local_ops: AtomicU64,
 }
 
 // SAFETY: verbs objects are thread-safe.
@@ -47,7 +78,7 @@ impl QueuePair {
         // SAFETY: PD and CQ are live and outlive the QP (we keep Arcs).
         let qp = unsafe { ffi::ibv_create_qp(pd.as_ptr(), &mut init) };
         let ptr = NonNull::new(qp).ok_or_else(|| VerbsError::last("ibv_create_qp", "RC"))?;
-        Ok(QueuePair { ptr, pd: pd.clone(), _cq: cq.clone() })
+        Ok(QueuePair { ptr, pd: pd.clone(), cq: cq.clone(), local_ops: AtomicU64::new(0) })
     }
 
     /// Two RC QPs on the same device connected to each other through the device's own
@@ -63,6 +94,127 @@ impl QueuePair {
         a.connect(port, gid_index, b.qp_num(), gid)?;
         b.connect(port, gid_index, a.qp_num(), gid)?;
         Ok((a, b))
+    }
+
+    /// Its protection domain.
+    pub fn pd(&self) -> &Arc<ProtectionDomain> {
+        &self.pd
+    }
+
+    /// Its send (and receive) completion queue.
+    pub fn cq(&self) -> &Arc<CompletionQueue> {
+        &self.cq
+    }
+
+    /// The QP's current state (`ibv_query_qp`).
+    pub fn state(&self) -> VerbsResult<QpState> {
+        use ffi::ibv_qp_state as S;
+        // SAFETY: plain old data, overwritten by the call.
+        let mut attr: ffi::ibv_qp_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut init: ffi::ibv_qp_init_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: the QP is live; both out-pointers are valid.
+        let ret = unsafe {
+            ffi::ibv_query_qp(
+                self.ptr.as_ptr(),
+                &mut attr,
+                ffi::ibv_qp_attr_mask::IBV_QP_STATE.0 as i32,
+                &mut init,
+            )
+        };
+        if ret != 0 {
+            return Err(VerbsError::from_ret("ibv_query_qp", ret, "IBV_QP_STATE"));
+        }
+        Ok(match attr.qp_state {
+            S::IBV_QPS_RESET => QpState::Reset,
+            S::IBV_QPS_INIT => QpState::Init,
+            S::IBV_QPS_RTR => QpState::ReadyToReceive,
+            S::IBV_QPS_RTS => QpState::ReadyToSend,
+            S::IBV_QPS_SQD => QpState::SendQueueDrained,
+            S::IBV_QPS_SQE => QpState::SendQueueError,
+            S::IBV_QPS_ERR => QpState::Error,
+            other => QpState::Other(other),
+        })
+    }
+
+    /// Binds the type-2 window `mw` to `len` bytes of `mr` at `addr` (in `mr`'s address
+    /// space, see [`MemoryRegion::addr`]) with `access` (remote rights only), keeping the
+    /// window's key, and waits for the bind to complete. Returns the key peers use.
+    ///
+    /// The window must be free (never bound, or invalidated); `mr` needs
+    /// [`Access::MW_BIND`]. A failed bind moves this QP to the error state (the verbs
+    /// specification's rule; rxe follows it). The provider never updates `ibv_mw.rkey`
+    /// after a type-2 bind, so the key is not changed on rebinds: a window keeps the key
+    /// it was allocated with for its whole life. The peer must reach the window through
+    /// this QP: a bound type-2 window is usable only on the QP that bound it.
+    pub fn bind_mw(
+        &self,
+        mw: &MemoryWindow,
+        mr: &MemoryRegion,
+        addr: u64,
+        len: usize,
+        access: Access,
+    ) -> VerbsResult<u32> {
+        let detail = || format!("mw {:#x} to mr {:#x} at {addr:#x}+{len} {access:?}", mw.rkey(), mr.lkey());
+        let inside = addr
+            .checked_sub(mr.addr())
+            .and_then(|off| off.checked_add(len as u64))
+            .is_some_and(|end| end <= mr.len() as u64);
+        if mw.kind() != MwType::Type2 || !inside || len == 0 || !Arc::ptr_eq(mr.pd(), &self.pd) {
+            return Err(VerbsError::new("ibv_post_send(BIND_MW)", Errno::EINVAL, detail()));
+        }
+        // SAFETY: plain old data (pointers null, unions zeroed); fields set below.
+        let mut wr: ffi::ibv_send_wr = unsafe { std::mem::zeroed() };
+        wr.opcode = ffi::ibv_wr_opcode::IBV_WR_BIND_MW;
+        wr.bind_mw_tso_union.bind_mw = ffi::bind_mw_t {
+            mw: mw.as_ptr(),
+            rkey: mw.rkey(),
+            bind_info: ffi::ibv_mw_bind_info {
+                mr: mr.as_ptr(),
+                addr,
+                length: len as u64,
+                mw_access_flags: access.bits(),
+            },
+        };
+        self.local_op(wr, "ibv_post_send(BIND_MW)", detail)?;
+        Ok(mw.rkey())
+    }
+
+    /// Invalidates the type-2 window `mw` (`IBV_WR_LOCAL_INV`) and waits for it: peers'
+    /// next access with its key fails with a remote access error, and the window is free
+    /// to bind again. Invalidating a window that is not bound fails and moves this QP to
+    /// the error state.
+    pub fn invalidate_mw(&self, mw: &MemoryWindow) -> VerbsResult<()> {
+        let detail = || format!("mw {:#x}", mw.rkey());
+        // SAFETY: plain old data; fields set below.
+        let mut wr: ffi::ibv_send_wr = unsafe { std::mem::zeroed() };
+        wr.opcode = ffi::ibv_wr_opcode::IBV_WR_LOCAL_INV;
+        wr.imm_data_invalidated_rkey_union.invalidated_rkey = mw.rkey();
+        self.local_op(wr, "ibv_post_send(LOCAL_INV)", detail)
+    }
+
+    /// Posts one of filemr's own signaled work requests and waits for its completion.
+    fn local_op(
+        &self,
+        mut wr: ffi::ibv_send_wr,
+        verb: &'static str,
+        detail: impl Fn() -> String,
+    ) -> VerbsResult<()> {
+        let seq = self.local_ops.fetch_add(1, Ordering::Relaxed) & ((1 << 48) - 1);
+        wr.wr_id = RESERVED_WR_ID_TAG | seq;
+        wr.send_flags = ffi::ibv_send_flags::IBV_SEND_SIGNALED.0;
+        let mut bad: *mut ffi::ibv_send_wr = std::ptr::null_mut();
+        // SAFETY: the QP is live; `wr` lives across the call (the provider copies it); the
+        // window and region it names are live (borrowed by the caller).
+        let ret = unsafe { ffi::ibv_post_send(self.ptr.as_ptr(), &mut wr, &mut bad) };
+        if ret != 0 {
+            return Err(VerbsError::from_ret(verb, ret, detail()));
+        }
+        let wc = self.cq.wait_reserved(wr.wr_id, LOCAL_OP_TIMEOUT)?;
+        match wc.status {
+            WcStatus::Success => Ok(()),
+            other => Err(VerbsError::new(verb, Errno::EIO, format!("{}: completion {other:?}", detail()))),
+        }
     }
 
     /// This QP's number.
