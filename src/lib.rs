@@ -6,6 +6,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod grant;
 pub mod lease;
 pub mod metrics;
 pub mod probe;

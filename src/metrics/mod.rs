@@ -3,6 +3,8 @@
 //!
 //! Only the counters live here; serving them over HTTP is a later concern.
 
+mod grant;
 mod region;
 
+pub use grant::GrantMetrics;
 pub use region::{Labels, RegionMetrics};

@@ -29,6 +29,11 @@ pub struct RegionMetrics {
     pub guard_refusals: Family<Labels, Counter>,
     /// Registrations that failed, by `errno` (symbolic name, e.g. `EAGAIN`).
     pub registration_failures: Family<Labels, Counter>,
+    /// Registrations whose lease broke while they were being built (torn down and
+    /// failed with `Busy`, or handed to the revocation under way).
+    pub registration_breaks: Counter,
+    /// Commits before a lease release that failed (the region is then lost).
+    pub commit_failures: Counter,
 }
 
 impl RegionMetrics {
@@ -44,6 +49,8 @@ impl RegionMetrics {
             lost: Family::default(),
             guard_refusals: Family::default(),
             registration_failures: Family::default(),
+            registration_breaks: Counter::default(),
+            commit_failures: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("filemr_region");
         r.register("regions", "Regions by strategy and state", m.regions.clone());
@@ -73,6 +80,16 @@ impl RegionMetrics {
             "registration_failures",
             "Failed registrations by errno",
             m.registration_failures.clone(),
+        );
+        r.register(
+            "registration_breaks",
+            "Registrations whose lease broke while they were being built",
+            m.registration_breaks.clone(),
+        );
+        r.register(
+            "commit_failures",
+            "Commits before a lease release that failed (the region is lost)",
+            m.commit_failures.clone(),
         );
         m
     }

@@ -32,20 +32,53 @@ impl Access {
         if self.is_writable() { LeaseKind::Write } else { LeaseKind::Read }
     }
 
-    /// The memory-region access flags (without `ON_DEMAND`).
+    /// The access flags of a region's memory region (without `ON_DEMAND`): no remote
+    /// rights at all (peers reach the region only through memory windows, see
+    /// [`Access::mw_access`]), `MW_BIND`, and `LOCAL_WRITE` when peers may write (a
+    /// writable window needs it on the region below).
     pub fn mr_access(self) -> MrAccess {
+        if self.is_writable() {
+            MrAccess::MW_BIND | MrAccess::LOCAL_WRITE
+        } else {
+            MrAccess::MW_BIND
+        }
+    }
+
+    /// The remote rights of the memory windows granted to peers.
+    pub fn mw_access(self) -> MrAccess {
         match self {
             Access::Read => MrAccess::REMOTE_READ,
-            Access::Write => MrAccess::LOCAL_WRITE | MrAccess::REMOTE_WRITE,
-            Access::ReadWrite => {
-                MrAccess::LOCAL_WRITE | MrAccess::REMOTE_WRITE | MrAccess::REMOTE_READ
-            }
+            Access::Write => MrAccess::REMOTE_WRITE,
+            Access::ReadWrite => MrAccess::REMOTE_WRITE | MrAccess::REMOTE_READ,
         }
     }
 
     /// CPU protection of a file mapping for this access (read leases hold a read-only fd).
     pub(crate) fn protection(self) -> Protection {
         if self.is_writable() { Protection::ReadWrite } else { Protection::Read }
+    }
+}
+
+/// What revocation does to a grant whose peer did not return it by the deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RevocationMode {
+    /// Invalidate the grant's memory window: the peer's next access with its key fails
+    /// with a remote access error (and, RC being RC, its queue pair goes to the error
+    /// state). The grant stays fenced: the peer needs a new one.
+    Fence,
+    /// Rebind the grant's window, same key and addresses, to scratch memory: the peer
+    /// sees no error, its writes land in scratch and its reads return scratch bytes
+    /// until the region is rebuilt, when the same key reaches the file again.
+    Retarget,
+}
+
+impl RevocationMode {
+    /// A short label (metrics).
+    pub fn label(self) -> &'static str {
+        match self {
+            RevocationMode::Fence => "fence",
+            RevocationMode::Retarget => "retarget",
+        }
     }
 }
 
@@ -62,16 +95,24 @@ pub struct ManagerConfig {
     /// Capacity of the event broadcast channel (a slow subscriber that falls further
     /// behind loses events and is told how many).
     pub event_capacity: usize,
+    /// What happens to grants not returned by the recall deadline.
+    pub revocation: RevocationMode,
+    /// RAM one region's scratch memory costs at most (retarget mode): one chunk of this
+    /// size is mapped again and again over the region's length.
+    pub scratch_chunk: usize,
 }
 
 impl ManagerConfig {
-    /// Defaults for `device`: port 1, a 500 ms safety margin, 65 536 buffered events.
+    /// Defaults for `device`: port 1, a 500 ms safety margin, 65 536 buffered events,
+    /// fence on the deadline, 1 MiB scratch chunks.
     pub fn new(device: impl Into<String>) -> ManagerConfig {
         ManagerConfig {
             device: device.into(),
             port: 1,
             safety_margin: Duration::from_millis(500),
             event_capacity: 65_536,
+            revocation: RevocationMode::Fence,
+            scratch_chunk: 1 << 20,
         }
     }
 }

@@ -115,6 +115,26 @@ pub enum RegionError {
         /// The file.
         path: PathBuf,
     },
+    /// Binding or invalidating a grant's memory window failed.
+    #[error("region {id}: grant on QP {qp}: {source}")]
+    Grant {
+        /// The region.
+        id: u64,
+        /// The server-side queue pair's number.
+        qp: u32,
+        /// The failed verb.
+        source: VerbsError,
+    },
+    /// A grant was asked on a queue pair that cannot carry it.
+    #[error("region {id}: cannot grant on QP {qp}: {why}")]
+    GrantQp {
+        /// The region.
+        id: u64,
+        /// The queue pair's number.
+        qp: u32,
+        /// Why (another protection domain, not ready to send).
+        why: String,
+    },
     /// The region is revoked or lost: there is nothing to commit through.
     #[error("region {id}: revoked or lost")]
     Revoked {
@@ -144,7 +164,9 @@ impl RegionError {
             RegionError::Map { source, .. } => source.errno,
             RegionError::Device { source, .. }
             | RegionError::MemlockLimit { source, .. }
-            | RegionError::Register { source, .. } => source.errno,
+            | RegionError::Register { source, .. }
+            | RegionError::Grant { source, .. } => source.errno,
+            RegionError::GrantQp { .. } => Errno::EINVAL,
             RegionError::Lease(e) => lease_errno(e),
             RegionError::EngineAlreadyRunning => Errno::EBUSY,
             RegionError::NoRuntime => Errno::EINVAL,

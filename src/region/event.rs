@@ -39,6 +39,9 @@ pub enum LostReason {
     LeaseGone(GoneReason),
     /// Rebuilding failed with every strategy.
     RebuildFailed(String),
+    /// Committing what peers wrote failed before the lease was released: their bytes
+    /// may not be in the file.
+    CommitFailed(String),
 }
 
 impl LostReason {
@@ -49,6 +52,7 @@ impl LostReason {
             LostReason::LeaseGone(GoneReason::Deleted) => "deleted",
             LostReason::LeaseGone(_) => "lease_gone",
             LostReason::RebuildFailed(_) => "rebuild_failed",
+            LostReason::CommitFailed(_) => "commit_failed",
         }
     }
 }
@@ -59,6 +63,39 @@ impl LostReason {
 pub enum RegionEventKind {
     /// The lease broke: new guards are refused; the region is being quiesced.
     Revoking,
+    /// Ask the peer holding `grant` to finish its outstanding work on the region, commit
+    /// and return (then call [`Grant::returned`](crate::grant::Grant::returned)) before
+    /// `deadline`; after it the grant is fenced or retargeted.
+    Recall {
+        /// The grant.
+        grant: u64,
+        /// The recall deadline (the lease's break deadline minus the safety margin).
+        deadline: std::time::Instant,
+    },
+    /// The peer returned `grant`.
+    Returned {
+        /// The grant.
+        grant: u64,
+    },
+    /// `grant` was not returned in time and is fenced: its key fails from now on.
+    Fenced {
+        /// The grant.
+        grant: u64,
+    },
+    /// `grant` was not returned in time and now points at scratch memory.
+    Retargeted {
+        /// The grant.
+        grant: u64,
+    },
+    /// `grant` is bound to the rebuilt region again with its old key: tell the peer.
+    Available {
+        /// The grant.
+        grant: u64,
+        /// The region's new generation.
+        generation: u64,
+        /// Bytes the peer may access now (shorter if the file shrank).
+        len: usize,
+    },
     /// The memory region is deregistered and the lease released.
     Revoked {
         /// Why.
@@ -68,14 +105,14 @@ pub enum RegionEventKind {
         forced: bool,
         /// Time from the lease break to the lease's release.
         since_break: Duration,
+        /// Why committing failed, if it did (then `Lost` follows).
+        commit_error: Option<String>,
     },
-    /// The region is registered again with new keys.
+    /// The region is registered again (grants are rebound next, see `Available`).
     Rebuilt {
         /// New local key.
         lkey: u32,
-        /// New remote key.
-        rkey: u32,
-        /// Address peers use with the rkey.
+        /// The region's address (unchanged by rebuilds).
         addr: u64,
         /// Length now registered (shorter than before if the file shrank).
         len: usize,

@@ -3,8 +3,8 @@
 use std::sync::Weak;
 
 use super::event::{LostReason, RevokeReason};
+use super::flow;
 use super::manager::ManagerInner;
-use super::{rebuild, revoke};
 use crate::lease::{LeaseEvent, LeaseEvents};
 
 pub(crate) async fn run(weak: Weak<ManagerInner>, mut events: LeaseEvents) {
@@ -12,7 +12,7 @@ pub(crate) async fn run(weak: Weak<ManagerInner>, mut events: LeaseEvents) {
         let Some(inner) = weak.upgrade() else { return };
         match ev {
             LeaseEvent::Broken { file, arrived, deadline, .. } => {
-                tokio::spawn(revoke::revoke_file(
+                tokio::spawn(flow::revoke_file(
                     inner,
                     file,
                     RevokeReason::LeaseBroken,
@@ -21,7 +21,7 @@ pub(crate) async fn run(weak: Weak<ManagerInner>, mut events: LeaseEvents) {
                 ));
             }
             LeaseEvent::Forced { file, arrived, .. } => {
-                tokio::spawn(revoke::revoke_file(
+                tokio::spawn(flow::revoke_file(
                     inner,
                     file,
                     RevokeReason::KernelForced,
@@ -30,11 +30,11 @@ pub(crate) async fn run(weak: Weak<ManagerInner>, mut events: LeaseEvents) {
                 ));
             }
             LeaseEvent::Reacquired { file, .. } => {
-                tokio::task::spawn_blocking(move || rebuild::rebuild_file(&inner, file));
+                tokio::task::spawn_blocking(move || flow::rebuild_file(&inner, file));
             }
             LeaseEvent::Gone { file, reason, .. } => {
                 tokio::task::spawn_blocking(move || {
-                    rebuild::lose_file(&inner, file, LostReason::LeaseGone(reason))
+                    flow::lose_file(&inner, file, LostReason::LeaseGone(reason))
                 });
             }
         }

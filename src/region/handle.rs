@@ -8,6 +8,9 @@ use std::time::SystemTime;
 
 use parking_lot::Mutex;
 
+use std::sync::Weak;
+use std::sync::atomic::Ordering;
+
 use super::RegionError;
 use super::config::Access;
 use super::event::{RegionEvent, RegionEventKind, RegionEvents};
@@ -15,16 +18,18 @@ use super::guard::{Guard, GuardError, GuardWord};
 use super::manager::ManagerInner;
 use super::state::RegionState;
 use super::strategy::{self, BuildError, Built, Decision, Strategy};
+use crate::grant::{Binding, Grant, GrantCell, GrantShared, GrantState};
 use crate::lease::{FileId, Lease};
+use crate::verbs::{MemoryRegion, MemoryWindow, MwType, QpState, QueuePair};
 
 /// A snapshot of a region's registration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegionInfo {
-    /// Local key (0 while not registered).
+    /// Local key (0 while not registered). The region's memory region has no remote
+    /// rights: peers get keys from [`Region::grant`].
     pub lkey: u32,
-    /// Remote key peers use (0 while not registered).
-    pub rkey: u32,
-    /// Address peers use with the rkey (0 while not registered).
+    /// The region's address for local work requests and for peers' grants: constant for
+    /// the region's life (rebuilds register at the same address).
     pub addr: u64,
     /// Bytes registered (shorter than asked after the file shrank).
     pub len: usize,
@@ -38,6 +43,8 @@ pub struct RegionInfo {
 
 pub(crate) struct Slot {
     pub(crate) live: Option<Built>,
+    /// Where retargeted grants point until the rebuild (retarget mode).
+    pub(crate) scratch: Option<MemoryRegion>,
     pub(crate) info: RegionInfo,
     /// The handle was dropped: a background task still holding the region must not
     /// count it in the metrics any more.
@@ -55,6 +62,8 @@ pub(crate) struct RegionShared {
     pub(crate) lease: Lease,
     pub(crate) word: GuardWord,
     pub(crate) slot: Mutex<Slot>,
+    /// The region's grants (their handles own them).
+    pub(crate) grants: Mutex<Vec<Weak<GrantShared>>>,
 }
 
 impl RegionShared {
@@ -76,21 +85,50 @@ impl RegionShared {
         );
     }
 
-    /// Commits (if writable), deregisters and unmaps the live registration, if any.
-    pub(crate) fn tear_down(&self, mgr: &ManagerInner, slot: &mut Slot) {
-        if let Some(built) = slot.live.take() {
-            if self.access.is_writable() {
-                let len = slot.info.len;
-                if let Err(e) = strategy::commit(&built, self.lease.fd(), self.offset, 0, len) {
-                    tracing::error!(region = self.id, error = ?e, "commit before release failed");
-                }
+    /// The live grants.
+    pub(crate) fn grants(&self) -> Vec<Arc<GrantShared>> {
+        let mut list = self.grants.lock();
+        list.retain(|w| w.strong_count() > 0);
+        list.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Fences every grant that still reaches the region's memory region (so it can be
+    /// deregistered), leaving the others as they are.
+    pub(crate) fn fence_remaining(&self, mgr: &ManagerInner) {
+        for g in self.grants() {
+            let mut c = g.cell.lock();
+            if c.bound == Binding::Region || c.state.reaches_file() {
+                g.fence(&mut c);
+                mgr.grant_metrics.fenced.inc();
+                drop(c);
+                self.emit(mgr, RegionEventKind::Fenced { grant: g.id });
             }
-            mgr.metrics.bytes(built.strategy.label(), -(slot.info.len as i64));
-            drop(built);
-            slot.info.lkey = 0;
-            slot.info.rkey = 0;
-            slot.info.addr = 0;
         }
+    }
+
+    /// Commits (if writable and `commit`), deregisters and unmaps the live registration,
+    /// if any. Grants must not reach it any more ([`RegionShared::fence_remaining`]).
+    /// Returns why the commit failed, if it did.
+    pub(crate) fn tear_down(
+        &self,
+        mgr: &ManagerInner,
+        slot: &mut Slot,
+        commit: bool,
+    ) -> Option<String> {
+        let built = slot.live.take()?;
+        let mut failed = None;
+        if commit && self.access.is_writable() {
+            let len = slot.info.len;
+            if let Err(e) = strategy::commit(&built, self.lease.fd(), self.offset, 0, len) {
+                tracing::error!(region = self.id, error = ?e, "commit before release failed");
+                mgr.metrics.commit_failures.inc();
+                failed = Some(format!("{}", build_error(e, &self.path, self.offset, len)));
+            }
+        }
+        mgr.metrics.bytes(built.strategy.label(), -(slot.info.len as i64));
+        drop(built);
+        slot.info.lkey = 0;
+        failed
     }
 
     pub(crate) fn emit(&self, mgr: &ManagerInner, kind: RegionEventKind) {
@@ -173,6 +211,56 @@ impl Region {
     /// This region's events.
     pub fn events(&self) -> RegionEvents {
         RegionEvents { rx: self.mgr.events.subscribe(), only: Some(self.shared.id) }
+    }
+
+    /// Grants the peer behind `qp` access to the region: binds a type-2 memory window over
+    /// the region on `qp` (the server-side queue pair connected to that peer, created in
+    /// [`Manager::protection_domain`](super::Manager::protection_domain) and ready to
+    /// send) and returns the grant, whose [`Grant::info`] has the address and key to send
+    /// the peer. One grant per (region, peer queue pair): a bound type-2 window works only
+    /// through the queue pair that bound it. Blocking (one verb and its completion).
+    ///
+    /// Completions of the bind (and of later invalidations and rebinds) are filemr's own:
+    /// they carry [`RESERVED_WR_ID_TAG`](crate::verbs::RESERVED_WR_ID_TAG) and
+    /// [`CompletionQueue::poll`](crate::verbs::CompletionQueue::poll) never returns them.
+    pub fn grant(&self, qp: &Arc<QueuePair>) -> Result<Grant, RegionError> {
+        let s = &self.shared;
+        let mgr = &self.mgr;
+        let bad = |why: String| RegionError::GrantQp { id: s.id, qp: qp.qp_num(), why };
+        if !Arc::ptr_eq(qp.pd(), &mgr.pd) {
+            return Err(bad("the queue pair is in another protection domain".into()));
+        }
+        match qp.state() {
+            Ok(QpState::ReadyToSend) => {}
+            Ok(other) => {
+                return Err(bad(format!("the queue pair is {other:?}, not ready to send")));
+            }
+            Err(e) => return Err(bad(e.to_string())),
+        }
+        let verb = |source| RegionError::Grant { id: s.id, qp: qp.qp_num(), source };
+        let mw = MemoryWindow::alloc(&mgr.pd, MwType::Type2).map_err(verb)?;
+        let slot = s.slot.lock();
+        let Some(built) = slot.live.as_ref().filter(|_| slot.info.state == RegionState::Registered)
+        else {
+            return Err(RegionError::Revoked { id: s.id });
+        };
+        let g = Arc::new(GrantShared {
+            id: mgr.next_id.fetch_add(1, Ordering::Relaxed),
+            region: s.id,
+            addr: slot.info.addr,
+            rkey: mw.rkey(),
+            access: s.access.mw_access(),
+            qp: qp.clone(),
+            cell: Mutex::new(GrantCell::new(mw, slot.info.len, slot.info.generation)),
+        });
+        {
+            let mut c = g.cell.lock();
+            g.bind(&mut c, &built.mr, Binding::Region).map_err(verb)?;
+            c.state = GrantState::Active;
+        }
+        s.grants.lock().push(Arc::downgrade(&g));
+        mgr.grant_metrics.granted.inc();
+        Ok(Grant { shared: g, region: s.clone(), mgr: mgr.clone() })
     }
 
     /// Makes bytes `range` (relative to the region) that peers wrote durable in the file:

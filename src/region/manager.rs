@@ -22,7 +22,7 @@ use super::strategy::probe::{ProbeEnv, probe};
 use super::strategy::{self, Decision};
 use super::{RegionError, events_task};
 use crate::lease::{FileId, LeaseEngine, LeaseError, LeaseState};
-use crate::metrics::RegionMetrics;
+use crate::metrics::{GrantMetrics, RegionMetrics};
 use crate::sys::io_errno;
 use crate::verbs::{Context, OdpCaps, ProtectionDomain};
 
@@ -37,10 +37,12 @@ pub(crate) struct ManagerInner {
     file_ops: Mutex<HashMap<FileId, Arc<tokio::sync::Mutex<()>>>>,
     pub(crate) events: broadcast::Sender<RegionEvent>,
     pub(crate) metrics: RegionMetrics,
+    pub(crate) grant_metrics: GrantMetrics,
     /// Guard refusals: revoking, revoked, other (pre-created: the refusal path takes no
     /// lock).
     pub(crate) refused: [Counter; 3],
-    next_id: AtomicU64,
+    /// Ids of regions and grants (one sequence: an id names one thing).
+    pub(crate) next_id: AtomicU64,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -93,6 +95,7 @@ impl Manager {
         })?;
         let lease_events = engine.subscribe();
         let metrics = RegionMetrics::new(registry);
+        let grant_metrics = GrantMetrics::new(registry);
         let refused = ["revoking", "revoked", "other"].map(|why| {
             metrics.guard_refusals.get_or_create(&vec![("why", why.to_string())]).clone()
         });
@@ -107,6 +110,7 @@ impl Manager {
             file_ops: Mutex::new(HashMap::new()),
             events,
             metrics,
+            grant_metrics,
             refused,
             next_id: AtomicU64::new(1),
             task: Mutex::new(None),
@@ -151,8 +155,13 @@ impl Manager {
 
     /// Registers `len` bytes at `offset` of the file at `path` for peers to access as
     /// `access`. Takes (or shares) the file's lease, picks the strategy by probe, maps and
-    /// registers. Blocking (system calls and verbs): from async code, call it in
-    /// `spawn_blocking` where latency matters.
+    /// registers. Blocking (system calls and verbs): from async code use
+    /// [`Manager::register_async`].
+    ///
+    /// If the lease breaks while the region is being built, the region is either handed
+    /// to the revocation under way (returned in the `Revoking` state, then revoked and
+    /// rebuilt like any other) or torn down without a commit and the call fails with
+    /// [`RegionError::Busy`]: no memory region outlives its lease.
     pub fn register(
         &self,
         path: impl AsRef<Path>,
@@ -170,6 +179,23 @@ impl Manager {
             );
         }
         r
+    }
+
+    /// [`Manager::register`] on tokio's blocking pool, so a storage server's async
+    /// workers never block on system calls or verbs.
+    pub async fn register_async(
+        &self,
+        path: impl Into<PathBuf>,
+        offset: u64,
+        len: usize,
+        access: Access,
+    ) -> Result<Region, RegionError> {
+        let mgr = self.clone();
+        let path = path.into();
+        match tokio::task::spawn_blocking(move || mgr.register(&path, offset, len, access)).await {
+            Ok(r) => r,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
     }
 
     fn register_inner(
@@ -208,6 +234,7 @@ impl Manager {
             }
             other => RegionError::Lease(other),
         })?;
+        let breaks = lease.breaks();
         if lease.state() != LeaseState::Held {
             return Err(RegionError::Busy { path: path.to_path_buf() });
         }
@@ -217,11 +244,11 @@ impl Manager {
             return Err(e);
         }
         let decision = inner.decide(path, md.dev(), access, false);
-        let built = strategy::build(decision.strategy, &inner.pd, lease.fd(), offset, len, access)
-            .map_err(|e| build_error(e, path, offset, len))?;
+        let built =
+            strategy::build(decision.strategy, &inner.pd, lease.fd(), offset, len, access, None)
+                .map_err(|e| build_error(e, path, offset, len))?;
         let info = RegionInfo {
             lkey: built.mr.lkey(),
-            rkey: built.mr.rkey(),
             addr: built.mr.addr(),
             len,
             generation: 1,
@@ -238,12 +265,28 @@ impl Manager {
             dev: md.dev(),
             lease,
             word: GuardWord::new(),
-            slot: Mutex::new(Slot { live: Some(built), info, forgotten: false }),
+            slot: Mutex::new(Slot { live: Some(built), scratch: None, info, forgotten: false }),
+            grants: Mutex::new(Vec::new()),
         });
         inner.metrics.region_state(strategy, None, Some("registered"));
         inner.metrics.bytes(strategy, len as i64);
         inner.files.lock().entry(shared.file()).or_default().push(Arc::downgrade(&shared));
-        Ok(Region { shared, mgr: inner.clone() })
+        let region = Region { shared, mgr: inner.clone() };
+        // A break delivered since the lease was taken may have found the file without
+        // this region (and released the lease while it was still being built).
+        if region.shared.lease.breaks() != breaks || region.shared.lease.state() != LeaseState::Held
+        {
+            inner.metrics.registration_breaks.inc();
+            if region.shared.word.start_revoke() {
+                // No revocation owns it: tear it down unseen. No commit: no peer had a key,
+                // and staging bytes read during the break may be stale.
+                let mut slot = region.shared.slot.lock();
+                region.shared.tear_down(inner, &mut slot, false);
+                drop(slot);
+                return Err(RegionError::Busy { path: path.to_path_buf() });
+            }
+        }
+        Ok(region)
     }
 }
 
@@ -286,8 +329,11 @@ impl ManagerInner {
     pub(crate) fn forget(&self, shared: &Arc<RegionShared>) {
         {
             let mut slot = shared.slot.lock();
-            // Unregistering commits what peers wrote (best effort), like a revocation.
-            shared.tear_down(self, &mut slot);
+            // Unregistering fences the grants left and commits what peers wrote (best
+            // effort), like a revocation.
+            shared.fence_remaining(self);
+            shared.tear_down(self, &mut slot, true);
+            slot.scratch = None;
             slot.forgotten = true;
             self.metrics.region_state(
                 slot.info.decision.strategy.label(),

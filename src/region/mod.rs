@@ -17,15 +17,14 @@ mod config;
 mod error;
 mod event;
 mod events_task;
+mod flow;
 mod guard;
 mod handle;
 mod manager;
-mod rebuild;
-mod revoke;
 mod state;
 mod strategy;
 
-pub use config::{Access, ManagerConfig};
+pub use config::{Access, ManagerConfig, RevocationMode};
 pub use error::RegionError;
 pub use event::{LostReason, RegionEvent, RegionEventKind, RegionEvents, RevokeReason};
 pub use guard::{Guard, GuardError, GuardWord};
@@ -33,3 +32,6 @@ pub use handle::{GuardResult, Region, RegionInfo};
 pub use manager::Manager;
 pub use state::RegionState;
 pub use strategy::{Decision, Strategy};
+
+pub(crate) use handle::RegionShared;
+pub(crate) use manager::ManagerInner;

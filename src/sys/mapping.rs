@@ -123,8 +123,11 @@ impl Mapping {
             .and_then(NonZeroUsize::new)
             .ok_or_else(|| SysError::new("mmap", Errno::EINVAL, detail()))?;
         let chunk = round(chunk).unwrap_or(page).min(map_len.get());
-        let fd = nix::sys::memfd::memfd_create(c"filemr-scratch", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
-            .map_err(|e| SysError::new("memfd_create", e, detail()))?;
+        let fd = nix::sys::memfd::memfd_create(
+            c"filemr-scratch",
+            nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+        )
+        .map_err(|e| SysError::new("memfd_create", e, detail()))?;
         nix::unistd::ftruncate(&fd, chunk as i64)
             .map_err(|e| SysError::new("ftruncate", e, detail()))?;
         // SAFETY: a fresh PROT_NONE reservation chosen by the kernel aliases nothing.
@@ -137,7 +140,8 @@ impl Mapping {
             )
         }
         .map_err(|e| SysError::new("mmap", e, detail()))?;
-        let mapping = Mapping { base: base.cast(), map_len: map_len.get(), head, len, file_backed: false };
+        let mapping =
+            Mapping { base: base.cast(), map_len: map_len.get(), head, len, file_backed: false };
         let mut at = 0;
         while at < map_len.get() {
             let n = chunk.min(map_len.get() - at);
@@ -158,6 +162,22 @@ impl Mapping {
             at += n;
         }
         Ok(mapping)
+    }
+
+    /// `len` bytes of zeroed anonymous private memory whose first byte sits `head` bytes
+    /// into a page (`head` < the page size).
+    pub fn anonymous_at_offset(head: usize, len: usize) -> SysResult<Mapping> {
+        if head >= page_size() {
+            return Err(SysError::new("mmap", Errno::EINVAL, format!("anonymous head {head}")));
+        }
+        let total = head
+            .checked_add(len)
+            .filter(|_| len > 0)
+            .ok_or_else(|| SysError::new("mmap", Errno::EINVAL, format!("anonymous len {len}")))?;
+        let mut m = Mapping::anonymous(total)?;
+        m.head = head;
+        m.len = len;
+        Ok(m)
     }
 
     /// Address of the first byte the caller asked for.

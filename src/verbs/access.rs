@@ -20,6 +20,11 @@ impl Access {
     /// On-Demand Paging: pages are faulted in by the device, nothing is pinned.
     pub const ON_DEMAND: Access = Access(F::IBV_ACCESS_ON_DEMAND.0);
 
+    /// Both sets of rights (a `const` `|`).
+    pub const fn union(self, other: Access) -> Access {
+        Access(self.0 | other.0)
+    }
+
     /// The raw `IBV_ACCESS_*` bits.
     pub fn bits(self) -> u32 {
         self.0

@@ -75,7 +75,8 @@ impl MemoryRegion {
         }
         // SAFETY: the PD is live; the mapping stays mapped while the MR lives (we keep an
         // Arc to it).
-        let mr = unsafe { ffi::ibv_reg_mr_iova2(pd.as_ptr(), addr.cast(), len, iova, access.bits()) };
+        let mr =
+            unsafe { ffi::ibv_reg_mr_iova2(pd.as_ptr(), addr.cast(), len, iova, access.bits()) };
         let ptr = NonNull::new(mr).ok_or_else(|| {
             VerbsError::last(
                 "ibv_reg_mr_iova2",
@@ -144,6 +145,25 @@ impl MemoryRegion {
     /// The access it was registered with.
     pub fn access(&self) -> Access {
         self.access
+    }
+
+    /// Deregisters now, returning the region and the error if `ibv_dereg_mr` refuses
+    /// (e.g. `EINVAL` on rxe while a memory window is bound to it). Dropping a region
+    /// deregisters it too, but can only log a failure.
+    pub fn deregister(self) -> Result<(), (MemoryRegion, VerbsError)> {
+        // SAFETY: registered by us; on success the handle is never used again (forgotten
+        // below), on failure it stays registered and is handed back.
+        let ret = unsafe { ffi::ibv_dereg_mr(self.ptr.as_ptr()) };
+        if ret != 0 {
+            let e = VerbsError::from_ret("ibv_dereg_mr", ret, format!("lkey {:#x}", self.lkey()));
+            return Err((self, e));
+        }
+        // The mapping and PD references are released; Drop must not deregister again.
+        let mut me = std::mem::ManuallyDrop::new(self);
+        me._mapping.take();
+        // SAFETY: `pd` is read out exactly once and `me` is never dropped.
+        drop(unsafe { std::ptr::read(&me.pd) });
+        Ok(())
     }
 
     /// Its protection domain.

@@ -155,7 +155,8 @@ impl QueuePair {
         len: usize,
         access: Access,
     ) -> VerbsResult<u32> {
-        let detail = || format!("mw {:#x} to mr {:#x} at {addr:#x}+{len} {access:?}", mw.rkey(), mr.lkey());
+        let detail =
+            || format!("mw {:#x} to mr {:#x} at {addr:#x}+{len} {access:?}", mw.rkey(), mr.lkey());
         let inside = addr
             .checked_sub(mr.addr())
             .and_then(|off| off.checked_add(len as u64))
@@ -213,7 +214,11 @@ impl QueuePair {
         let wc = self.cq.wait_reserved(wr.wr_id, LOCAL_OP_TIMEOUT)?;
         match wc.status {
             WcStatus::Success => Ok(()),
-            other => Err(VerbsError::new(verb, Errno::EIO, format!("{}: completion {other:?}", detail()))),
+            other => Err(VerbsError::new(
+                verb,
+                Errno::EIO,
+                format!("{}: completion {other:?}", detail()),
+            )),
         }
     }
 

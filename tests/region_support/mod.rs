@@ -8,7 +8,8 @@ use std::process::{Child, Command};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use filemr::region::{Manager, ManagerConfig, RegionEvent, RegionEventKind, RegionEvents};
+use filemr::grant::Grant;
+use filemr::region::{Manager, ManagerConfig, Region, RegionEvent, RegionEventKind, RegionEvents};
 use filemr::sys::Mapping;
 use filemr::verbs::{
     Access as MrAccess, CompletionQueue, MemoryRegion, QueuePair, RemoteBuf, WcStatus,
@@ -29,11 +30,19 @@ pub struct Shared {
     pub registry: Mutex<Registry>,
 }
 
+/// Set before the first [`manager`] call to change the process's manager configuration
+/// (a test binary whose tests all need, say, retarget mode sets it in each test).
+pub static CONFIGURE: std::sync::OnceLock<fn(&mut ManagerConfig)> = std::sync::OnceLock::new();
+
 static SHARED: LazyLock<Shared> = LazyLock::new(|| {
     let env = GuestEnv::get();
     let mut registry = Registry::default();
     let _enter = RT.enter();
-    let mgr = Manager::new(ManagerConfig::new(env.device), &mut registry).expect("manager");
+    let mut cfg = ManagerConfig::new(env.device);
+    if let Some(f) = CONFIGURE.get() {
+        f(&mut cfg);
+    }
+    let mgr = Manager::new(cfg, &mut registry).expect("manager");
     Shared { mgr, registry: Mutex::new(registry) }
 });
 
@@ -114,11 +123,12 @@ pub fn nanos(t: SystemTime) -> u128 {
     t.duration_since(UNIX_EPOCH).unwrap().as_nanos()
 }
 
-/// A loopback RC pair in the manager's PD and a registered local buffer.
+/// A peer: a loopback RC pair in the manager's PD (`qa` is the peer's end, `server` the
+/// server's, on which grants are bound) and a registered local buffer.
 pub struct Peer {
     pub cq: Arc<CompletionQueue>,
     pub qa: QueuePair,
-    pub _qb: QueuePair,
+    pub server: Arc<QueuePair>,
     pub buf: Arc<Mapping>,
     pub mr: MemoryRegion,
 }
@@ -130,7 +140,24 @@ impl Peer {
         let (qa, qb) = QueuePair::loopback_pair(&pd, &cq, 1).unwrap();
         let buf = Arc::new(Mapping::anonymous(len).unwrap());
         let mr = MemoryRegion::register(&pd, &buf, MrAccess::LOCAL_WRITE).unwrap();
-        Peer { cq, qa, _qb: qb, buf, mr }
+        Peer { cq, qa, server: Arc::new(qb), buf, mr }
+    }
+
+    /// A grant of `region` to this peer.
+    pub fn grant(&self, region: &Region) -> Grant {
+        region.grant(&self.server).expect("grant")
+    }
+
+    /// RDMA WRITE `data` at `off` bytes into the grant.
+    pub fn write_to(&self, g: &Grant, off: u64, data: &[u8]) -> WcStatus {
+        let i = g.info();
+        self.write(data, i.addr + off, i.rkey)
+    }
+
+    /// RDMA READ `len` bytes at `off` bytes into the grant.
+    pub fn read_from(&self, g: &Grant, off: u64, len: usize) -> (WcStatus, Vec<u8>) {
+        let i = g.info();
+        self.read(len, i.addr + off, i.rkey)
     }
 
     /// RDMA WRITE `data` (copied to the local buffer first) to `addr`/`rkey`.
@@ -193,6 +220,8 @@ pub fn wait_child(mut child: Child, timeout: Duration) {
 /// - `truncate-to SIZE`: open read-write, truncate to SIZE, close.
 /// - `open-write TIME`: open write-only (blocks), save the time, close.
 /// - `open-unlink`: open write-only (blocks), delete the file, close.
+/// - `write-loop N`: N times: open write-only (blocks), write the iteration number
+///   (u64, little-endian) at offset 0, close.
 #[test]
 #[ignore = "needs rxe0 (SoftRoCE) as root: cargo xtask test runs it in the qemu guests"]
 fn breaker_reexec_entry() {
@@ -223,11 +252,65 @@ fn breaker_reexec_entry() {
             let _f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
             std::fs::remove_file(&file).unwrap();
         }
+        "write-loop" => {
+            for i in 1..=args[0].parse::<u64>().unwrap() {
+                let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+                f.write_all_at(&i.to_le_bytes(), 0).unwrap();
+            }
+        }
         "open-write" => {
             let _f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
             stamp(&args[0]);
         }
         other => panic!("unknown breaker mode {other}"),
+    }
+}
+
+/// Lines of `rdma resource show mr` that carry `lkey`.
+pub fn mr_lines_with_lkey(lkey: u32) -> Vec<String> {
+    mr_lines()
+        .into_iter()
+        .filter(|l| format!("{l} ").contains(&format!("lkey 0x{lkey:x} ")))
+        .collect()
+}
+
+/// Every line of `rdma resource show mr`.
+pub fn mr_lines() -> Vec<String> {
+    let out = std::process::Command::new("rdma")
+        .args(["resource", "show", "mr"])
+        .output()
+        .expect("run rdma resource show mr");
+    String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect()
+}
+
+/// The next `Recall` of grant `g`: the region tells the server to recall it.
+pub fn wait_recall(events: &mut RegionEvents, g: &Grant) {
+    let id = g.id();
+    wait_event(
+        events,
+        WAIT,
+        "Recall",
+        |e| matches!(e.kind, RegionEventKind::Recall { grant, .. } if grant == id),
+    );
+}
+
+/// Sets `/proc/sys/fs/lease-break-time` and restores it on drop (also on panic). It is
+/// system-wide: only binaries whose tests all want it may use it.
+pub struct BreakTime(String);
+
+const BREAK_TIME: &str = "/proc/sys/fs/lease-break-time";
+
+impl BreakTime {
+    pub fn set(secs: u32) -> BreakTime {
+        let old = std::fs::read_to_string(BREAK_TIME).unwrap();
+        std::fs::write(BREAK_TIME, secs.to_string()).unwrap();
+        BreakTime(old.trim().to_string())
+    }
+}
+
+impl Drop for BreakTime {
+    fn drop(&mut self) {
+        let _ = std::fs::write(BREAK_TIME, &self.0);
     }
 }
 

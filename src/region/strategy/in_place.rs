@@ -17,6 +17,7 @@ pub(super) fn build(
     len: usize,
     access: Access,
     on_demand: bool,
+    iova: Option<u64>,
 ) -> Result<(MemoryRegion, Arc<Mapping>), BuildError> {
     let map =
         Arc::new(Mapping::file(fd, offset, len, access.protection()).map_err(BuildError::Map)?);
@@ -24,6 +25,6 @@ pub(super) fn build(
     if on_demand {
         mr_access |= MrAccess::ON_DEMAND;
     }
-    let mr = MemoryRegion::register(pd, &map, mr_access).map_err(BuildError::Register)?;
+    let mr = super::register(pd, &map, mr_access, iova)?;
     Ok((mr, map))
 }

@@ -61,7 +61,8 @@ pub(crate) enum BuildError {
     Io(&'static str, nix::errno::Errno),
 }
 
-/// Build `len` bytes at `offset` of the file behind `fd` with `strategy`.
+/// Build `len` bytes at `offset` of the file behind `fd` with `strategy`, registered at
+/// `iova` (a rebuild keeps the addresses peers know) or at the memory's own address.
 pub(crate) fn build(
     strategy: Strategy,
     pd: &Arc<ProtectionDomain>,
@@ -69,16 +70,32 @@ pub(crate) fn build(
     offset: u64,
     len: usize,
     access: Access,
+    iova: Option<u64>,
 ) -> Result<Built, BuildError> {
     let (mr, mapping) = match strategy {
-        Strategy::Odp => in_place::build(pd, fd, offset, len, access, true)?,
-        Strategy::Pinned => in_place::build(pd, fd, offset, len, access, false)?,
-        Strategy::Staging => staging::build(pd, fd, offset, len, access)?,
+        Strategy::Odp => in_place::build(pd, fd, offset, len, access, true, iova)?,
+        Strategy::Pinned => in_place::build(pd, fd, offset, len, access, false, iova)?,
+        Strategy::Staging => staging::build(pd, fd, offset, len, access, iova)?,
     };
     Ok(Built { mr, mapping, strategy })
 }
 
-/// Make bytes `start..end` of a built region durable in the file.
+/// Registers `map` at `iova`, or at its own address.
+fn register(
+    pd: &Arc<ProtectionDomain>,
+    map: &Arc<Mapping>,
+    access: crate::verbs::Access,
+    iova: Option<u64>,
+) -> Result<MemoryRegion, BuildError> {
+    match iova {
+        Some(iova) => MemoryRegion::register_at(pd, map, iova, access),
+        None => MemoryRegion::register(pd, map, access),
+    }
+    .map_err(BuildError::Register)
+}
+
+/// Make bytes `start..end` of a built region durable in the file (in place: msync of
+/// just those pages).
 pub(crate) fn commit(
     built: &Built,
     fd: BorrowedFd<'_>,
@@ -89,7 +106,7 @@ pub(crate) fn commit(
     match built.strategy {
         Strategy::Staging => staging::write_back(&built.mapping, fd, offset, start, end),
         Strategy::Odp | Strategy::Pinned => {
-            built.mapping.sync().map_err(BuildError::Map)?;
+            built.mapping.sync_range(start, end).map_err(BuildError::Map)?;
             fdatasync(fd)
         }
     }

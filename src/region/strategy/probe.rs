@@ -5,7 +5,8 @@
 //! RDMA WRITE whose packet starts inside a page is dropped (the completion still says
 //! success) and an RDMA READ starting inside a page returns wrong bytes. So each candidate
 //! does a 100-byte WRITE at offset 100 (writable access) and a 100-byte READ at offset
-//! 300 (readable access) and checks the file.
+//! 300 (readable access) and checks the file. The transfers go through a type-2 memory
+//! window bound over the candidate's memory region, the way peers reach regions.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsFd;
@@ -19,8 +20,8 @@ use super::{BuildError, Decision, Strategy, build};
 use crate::region::config::Access;
 use crate::sys::Mapping;
 use crate::verbs::{
-    Access as MrAccess, CompletionQueue, MemoryRegion, OdpCaps, ProtectionDomain, QueuePair,
-    RemoteBuf, WcStatus,
+    Access as MrAccess, CompletionQueue, MemoryRegion, MemoryWindow, MwType, OdpCaps,
+    ProtectionDomain, QueuePair, RemoteBuf, WcStatus,
 };
 
 /// Size of the scratch file.
@@ -129,7 +130,7 @@ fn try_strategy(
     // is read-write, while a read region maps through its read lease's read-only fd; the
     // guest tests assert that both give the same decisions on both kernels.
     let built =
-        build(strategy, env.pd, file.as_fd(), 0, PROBE_LEN, access).map_err(|e| match e {
+        build(strategy, env.pd, file.as_fd(), 0, PROBE_LEN, access, None).map_err(|e| match e {
             BuildError::Register(v) => {
                 format!("ibv_reg_mr failed: {:?} ({})", v.errno, v.errno.desc())
             }
@@ -150,8 +151,14 @@ fn check_transfers(
 ) -> Result<(), String> {
     let ctx = env.pd.context();
     let cq = CompletionQueue::new(ctx, 16).map_err(|e| format!("cannot test transfers: {e}"))?;
-    let (qa, _qb) = QueuePair::loopback_pair(env.pd, &cq, env.port)
+    let (qa, qb) = QueuePair::loopback_pair(env.pd, &cq, env.port)
         .map_err(|e| format!("cannot test transfers: {e}"))?;
+    // The window is bound on the serving QP (qb), which the probe's peer (qa) talks to.
+    let mw = MemoryWindow::alloc(env.pd, MwType::Type2)
+        .map_err(|e| format!("cannot test transfers: {e}"))?;
+    let rkey = qb
+        .bind_mw(&mw, target, target.addr(), target.len(), access.mw_access())
+        .map_err(|e| format!("registered, but binding a memory window failed: {e}"))?;
     let local_map = Arc::new(Mapping::anonymous(4096).map_err(|e| e.to_string())?);
     let local = MemoryRegion::register(env.pd, &local_map, MrAccess::LOCAL_WRITE)
         .map_err(|e| format!("cannot test transfers: {e}"))?;
@@ -165,7 +172,7 @@ fn check_transfers(
     if access.is_writable() {
         let data = pattern(0x5a);
         local_map.write_at(0, &data).map_err(|e| e.to_string())?;
-        let remote = RemoteBuf { addr: target.addr() + WRITE_AT as u64, rkey: target.rkey() };
+        let remote = RemoteBuf { addr: target.addr() + WRITE_AT as u64, rkey };
         qa.post_write(1, &local, 0, XFER, remote).map_err(|e| e.to_string())?;
         wait(1).map_err(|e| format!("RDMA WRITE at offset {WRITE_AT}: {e}"))?;
         if mapping.is_file_backed() {
@@ -184,7 +191,7 @@ fn check_transfers(
     if access.is_readable() {
         let known = pattern(0xc3);
         file.write_all_at(&known, READ_AT as u64).map_err(|e| e.to_string())?;
-        let remote = RemoteBuf { addr: target.addr() + READ_AT as u64, rkey: target.rkey() };
+        let remote = RemoteBuf { addr: target.addr() + READ_AT as u64, rkey };
         qa.post_read(2, &local, 2048, XFER, remote).map_err(|e| e.to_string())?;
         wait(2).map_err(|e| format!("RDMA READ at offset {READ_AT}: {e}"))?;
         let mut got = vec![0; XFER];

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::{BuildError, dup_file};
 use crate::region::config::Access;
 use crate::sys::{Mapping, io_errno};
-use crate::verbs::{Access as MrAccess, MemoryRegion, ProtectionDomain};
+use crate::verbs::{MemoryRegion, ProtectionDomain};
 
 /// Bytes copied per pread/pwrite.
 const CHUNK: usize = 1 << 20;
@@ -19,8 +19,19 @@ pub(super) fn build(
     offset: u64,
     len: usize,
     access: Access,
+    iova: Option<u64>,
 ) -> Result<(MemoryRegion, Arc<Mapping>), BuildError> {
-    let map = Arc::new(Mapping::anonymous(len).map_err(BuildError::Map)?);
+    let map = Arc::new(
+        match iova {
+            // Same in-page offset as the addresses peers know (anonymous memory starts on a
+            // page): map one byte more per head byte and use the tail.
+            Some(iova) => {
+                Mapping::anonymous_at_offset(iova as usize % crate::sys::page_size(), len)
+            }
+            None => Mapping::anonymous(len),
+        }
+        .map_err(BuildError::Map)?,
+    );
     let file = dup_file(fd)?;
     let mut buf = vec![0u8; CHUNK.min(len)];
     let mut done = 0;
@@ -35,11 +46,7 @@ pub(super) fn build(
         map.write_at(done, &buf[..got]).map_err(BuildError::Map)?;
         done += got;
     }
-    let mut mr_access = access.mr_access();
-    if access.is_writable() {
-        mr_access |= MrAccess::LOCAL_WRITE;
-    }
-    let mr = MemoryRegion::register(pd, &map, mr_access).map_err(BuildError::Register)?;
+    let mr = super::register(pd, &map, access.mr_access(), iova)?;
     Ok((mr, map))
 }
 

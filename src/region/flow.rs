@@ -1,0 +1,329 @@
+//! The break flow, top to bottom: what happens to a file's regions and grants when its
+//! lease breaks, and when the lease comes back. One function per event of the file's
+//! lease; each runs its steps in order, serialised per file.
+//!
+//! Lease broken ([`revoke_file`]):
+//! 1. **quiesce**: every region of the file refuses new guards (`Revoking`);
+//! 2. **recall**: every grant still reaching the file is recalled (`Recall`): the peer
+//!    finishes its outstanding work, the server commits it, the peer returns
+//!    ([`Grant::returned`](crate::grant::Grant::returned) invalidates its window);
+//! 3. **wait** until guards are dropped and recalled grants returned, up to the break's
+//!    deadline minus the safety margin (a kernel-forced break does not wait);
+//! 4. **fence or retarget** every grant not returned: no peer reaches the memory after
+//!    this step, so nothing a peer writes can land after the commit;
+//! 5. **commit** (staging write-back, or msync) from memory no peer can reach;
+//! 6. **deregister and unmap**;
+//! 7. **release** the lease, and report `Revoked` (a failed commit loses the region).
+//!
+//! Lease back ([`rebuild_file`]): 8. **rebuild** each revoked region at its old addresses
+//! (`Rebuilt`) and **rebind** returned and retargeted grants with their old keys
+//! (`Available`). Lease gone ([`lose_file`]): every region is `Lost`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::event::{LostReason, RegionEventKind, RevokeReason};
+use super::handle::{RegionShared, Slot};
+use super::manager::ManagerInner;
+use super::state::RegionState;
+use super::strategy::{self, Strategy};
+use crate::grant::{Binding, GrantState, scratch};
+use crate::lease::FileId;
+use crate::metrics::RegionMetrics;
+use crate::region::RevocationMode;
+
+/// How often the revoker looks at guards and grants while waiting.
+const POLL: Duration = Duration::from_millis(1);
+
+/// Steps 1 to 7 for the regions of `file` (see the module documentation). `deadline` is
+/// the kernel's break deadline; `None` when the kernel already broke the lease.
+pub(crate) async fn revoke_file(
+    mgr: Arc<ManagerInner>,
+    file: FileId,
+    reason: RevokeReason,
+    arrived: Instant,
+    deadline: Option<Instant>,
+) {
+    // 1. Quiesce.
+    let mut owned = Vec::new();
+    for r in mgr.regions_of(file) {
+        if r.word.start_revoke() {
+            r.set_state(&mgr, &mut r.slot.lock(), RegionState::Revoking);
+            r.emit(&mgr, RegionEventKind::Revoking);
+            owned.push(r);
+        }
+    }
+    // 2. Recall.
+    let limit = deadline.map(|d| d.checked_sub(mgr.cfg.safety_margin).unwrap_or(d));
+    if let Some(limit) = limit {
+        for r in &owned {
+            for g in r.grants() {
+                let mut c = g.cell.lock();
+                if c.state == GrantState::Active {
+                    c.state = GrantState::Recalled;
+                    c.recalled_at = Some(Instant::now());
+                    drop(c);
+                    mgr.grant_metrics.recalled.inc();
+                    r.emit(&mgr, RegionEventKind::Recall { grant: g.id, deadline: limit });
+                }
+            }
+        }
+    }
+    // 3. Wait for guards and returns.
+    let drained = |owned: &[Arc<RegionShared>]| {
+        owned.iter().all(|r| {
+            r.word.held() == 0 && r.grants().iter().all(|g| !g.cell.lock().state.reaches_file())
+        })
+    };
+    let mut timed_out = false;
+    while !drained(&owned) {
+        if limit.is_none_or(|l| Instant::now() >= l) {
+            timed_out = true;
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    // 4-7 touch the device and the file: on a blocking thread, serialised with rebuilds.
+    let lock = mgr.file_lock(file);
+    let _serial = lock.lock().await;
+    let m = mgr.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        finish_revocation(&m, file, &owned, reason, arrived, timed_out)
+    })
+    .await;
+    if let Err(e) = done {
+        tracing::error!(%file, error = %e, "revocation task failed");
+    }
+}
+
+/// Steps 4 to 7.
+fn finish_revocation(
+    mgr: &Arc<ManagerInner>,
+    file: FileId,
+    owned: &[Arc<RegionShared>],
+    reason: RevokeReason,
+    arrived: Instant,
+    timed_out: bool,
+) {
+    let mut commit_errors = Vec::with_capacity(owned.len());
+    for r in owned {
+        let mut slot = r.slot.lock();
+        // 4. Fence or retarget what the peers did not return.
+        if mgr.cfg.revocation == RevocationMode::Retarget {
+            retarget_remaining(mgr, r, &mut slot);
+        }
+        r.fence_remaining(mgr);
+        // 5, 6. Commit, deregister, unmap.
+        commit_errors.push(r.tear_down(mgr, &mut slot, true));
+        let abandoned = r.word.finish_revoke();
+        if abandoned > 0 {
+            tracing::warn!(region = r.id, abandoned, "revoked with guards still held");
+        }
+        r.set_state(mgr, &mut slot, RegionState::Revoked);
+    }
+    // 7. Release. After a kernel-forced break the engine still needs the release to
+    // start taking the lease back (a second call reports NoBreakPending).
+    let torn_down = std::time::SystemTime::now();
+    let mut kernel_forced = reason == RevokeReason::KernelForced;
+    let since_break = match mgr.engine.release(file) {
+        Ok(report) => {
+            kernel_forced |= report.forced;
+            report.since_break
+        }
+        Err(e) => {
+            tracing::debug!(%file, error = %e, "lease release after revocation");
+            arrived.elapsed()
+        }
+    };
+    let forced = timed_out || kernel_forced;
+    if !owned.is_empty() {
+        mgr.metrics.revocation_seconds.observe(since_break.as_secs_f64());
+    }
+    for (r, commit_error) in owned.iter().zip(commit_errors) {
+        mgr.metrics
+            .revocations
+            .get_or_create(&vec![
+                ("reason", reason.label().to_string()),
+                ("forced", forced.to_string()),
+            ])
+            .inc();
+        let kind = RegionEventKind::Revoked {
+            reason,
+            forced,
+            since_break,
+            commit_error: commit_error.clone(),
+        };
+        r.emit_at(mgr, kind, torn_down);
+        if let Some(why) = commit_error {
+            lose(mgr, r, &mut r.slot.lock(), LostReason::CommitFailed(why));
+        }
+    }
+}
+
+/// Step 4, retarget mode: every grant still reaching the file is rebound, same key and
+/// addresses, to the region's scratch memory region (built on first use).
+fn retarget_remaining(mgr: &ManagerInner, r: &RegionShared, slot: &mut Slot) {
+    let grants: Vec<_> =
+        r.grants().into_iter().filter(|g| g.cell.lock().state.reaches_file()).collect();
+    if grants.is_empty() {
+        return;
+    }
+    if slot.scratch.is_none() {
+        let (iova, len) = (slot.info.addr, slot.info.len);
+        match scratch::build(&mgr.pd, iova, len, mgr.cfg.scratch_chunk) {
+            Ok(mr) => {
+                RegionMetrics::count(&mgr.grant_metrics.scratch, "backing", "repeated");
+                slot.scratch = Some(mr);
+            }
+            Err(e) => {
+                tracing::warn!(region = r.id, error = %e, "no scratch memory: fencing instead");
+                return;
+            }
+        }
+    }
+    let Some(scratch) = slot.scratch.as_ref() else { return };
+    for g in grants {
+        let mut c = g.cell.lock();
+        match g.bind(&mut c, scratch, Binding::Scratch) {
+            Ok(()) => {
+                c.state = GrantState::Retargeted;
+                drop(c);
+                mgr.grant_metrics.retargeted.inc();
+                r.emit(mgr, RegionEventKind::Retargeted { grant: g.id });
+            }
+            Err(e) => tracing::warn!(grant = g.id, error = %e, "retarget failed: fenced"),
+        }
+    }
+}
+
+/// Step 8: re-stat the file through the lease's fd, re-map and re-register every revoked
+/// region of `file` at its old addresses with its strategy (re-probing once if that
+/// fails), emit `Rebuilt` (shorter length if the file shrank), then rebind its returned
+/// and retargeted grants with their old keys (`Available`); or lose the region.
+pub(crate) fn rebuild_file(mgr: &Arc<ManagerInner>, file: FileId) {
+    let lock = mgr.file_lock(file);
+    let _serial = lock.blocking_lock();
+    for r in mgr.regions_of(file) {
+        let mut slot = r.slot.lock();
+        if slot.info.state != RegionState::Revoked || slot.forgotten || r.word.is_lost() {
+            continue;
+        }
+        r.set_state(mgr, &mut slot, RegionState::Rebuilding);
+        match rebuild_one(mgr, &r, &mut slot) {
+            Ok(()) => rebind_grants(mgr, &r, &mut slot),
+            Err(reason) => lose(mgr, &r, &mut slot, reason),
+        }
+    }
+}
+
+fn rebuild_one(mgr: &ManagerInner, r: &RegionShared, slot: &mut Slot) -> Result<(), LostReason> {
+    let fd = r.lease.fd();
+    let file_len =
+        strategy::file_len(fd).map_err(|e| LostReason::RebuildFailed(format!("{e:?}")))?;
+    if file_len <= r.offset {
+        return Err(LostReason::Shrunk { file_len });
+    }
+    let len = (r.requested_len as u64).min(file_len - r.offset) as usize;
+    let old: Strategy = slot.info.decision.strategy;
+    let iova = Some(slot.info.addr);
+    let built = match strategy::build(old, &mgr.pd, fd, r.offset, len, r.access, iova) {
+        Ok(b) => b,
+        Err(first) => {
+            tracing::warn!(region = r.id, error = ?first, "rebuild failed; probing again");
+            let d = mgr.decide(&r.path, r.dev, r.access, true);
+            let b = strategy::build(d.strategy, &mgr.pd, fd, r.offset, len, r.access, iova)
+                .map_err(|e| LostReason::RebuildFailed(format!("{e:?}")))?;
+            slot.info.decision = d;
+            b
+        }
+    };
+    let info = &mut slot.info;
+    info.lkey = built.mr.lkey();
+    info.len = len;
+    info.generation += 1;
+    let label = built.strategy.label();
+    // The state gauge is labelled by strategy: move it if the strategy changed.
+    if label != old.label() {
+        mgr.metrics.region_state(old.label(), Some(RegionState::Rebuilding.label()), None);
+        mgr.metrics.region_state(label, None, Some(RegionState::Rebuilding.label()));
+    }
+    slot.live = Some(built);
+    mgr.metrics.bytes(label, len as i64);
+    r.set_state(mgr, slot, RegionState::Registered);
+    RegionMetrics::count(&mgr.metrics.rebuilds, "strategy", label);
+    r.word.reopen();
+    let info = &slot.info;
+    r.emit(
+        mgr,
+        RegionEventKind::Rebuilt {
+            lkey: info.lkey,
+            addr: info.addr,
+            len: info.len,
+            generation: info.generation,
+        },
+    );
+    Ok(())
+}
+
+/// Rebinds returned and retargeted grants to the rebuilt region, then drops scratch.
+fn rebind_grants(mgr: &ManagerInner, r: &RegionShared, slot: &mut Slot) {
+    let Some(built) = slot.live.as_ref() else { return };
+    let (len, generation) = (slot.info.len, slot.info.generation);
+    for g in r.grants() {
+        let mut c = g.cell.lock();
+        if !matches!(c.state, GrantState::Returned | GrantState::Retargeted) {
+            continue;
+        }
+        c.len = len;
+        c.generation = generation;
+        match g.bind(&mut c, &built.mr, Binding::Region) {
+            Ok(()) => {
+                c.state = GrantState::Active;
+                drop(c);
+                mgr.grant_metrics.rebound.inc();
+                r.emit(mgr, RegionEventKind::Available { grant: g.id, generation, len });
+            }
+            Err(e) => {
+                drop(c);
+                tracing::warn!(grant = g.id, error = %e, "rebind after rebuild failed: fenced");
+                mgr.grant_metrics.fenced.inc();
+                r.emit(mgr, RegionEventKind::Fenced { grant: g.id });
+            }
+        }
+    }
+    slot.scratch = None;
+}
+
+/// The region is gone for good: its grants fail from now on.
+fn lose(mgr: &ManagerInner, r: &RegionShared, slot: &mut Slot, reason: LostReason) {
+    r.word.start_revoke();
+    for g in r.grants() {
+        let mut c = g.cell.lock();
+        if let Err(e) = g.unbind(&mut c) {
+            tracing::debug!(grant = g.id, error = %e, "invalidate of a lost region's grant");
+        }
+        if c.state != GrantState::Released {
+            c.state = GrantState::Lost;
+        }
+    }
+    // Nothing reaches the memory any more: commit what is there (best effort).
+    r.tear_down(mgr, slot, true);
+    slot.scratch = None;
+    r.word.finish_revoke();
+    r.word.set_lost();
+    r.set_state(mgr, slot, RegionState::Lost);
+    RegionMetrics::count(&mgr.metrics.lost, "reason", reason.label());
+    r.emit(mgr, RegionEventKind::Lost { reason });
+}
+
+/// The lease will not come back: every region of `file` is lost.
+pub(crate) fn lose_file(mgr: &Arc<ManagerInner>, file: FileId, reason: LostReason) {
+    let lock = mgr.file_lock(file);
+    let _serial = lock.blocking_lock();
+    for r in mgr.regions_of(file) {
+        let mut slot = r.slot.lock();
+        if slot.info.state != RegionState::Lost && !slot.forgotten {
+            lose(mgr, &r, &mut slot, reason.clone());
+        }
+    }
+}
