@@ -14,7 +14,7 @@ use std::time::Duration;
 use filemr::grant::GrantState;
 use filemr::region::{Access, RegionEventKind, Strategy};
 use filemr::verbs::WcStatus;
-use guest::{GuestEnv, unique_path};
+use guest::GuestEnv;
 use region_support::*;
 
 const LEN: usize = 4 << 20;
@@ -53,15 +53,7 @@ fn streaming_peer_is_fenced_before_the_commit_and_loses_no_acknowledged_write() 
         while !started.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(1));
         }
-        let tmp = std::env::temp_dir();
-        let (src, seen, stamp) =
-            (unique_path(&tmp, "src"), unique_path(&tmp, "seen"), unique_path(&tmp, "stamp"));
-        std::fs::write(&src, b"after").unwrap();
-        let child = breaker(
-            "truncate-write",
-            &path,
-            &[src.to_str().unwrap(), seen.to_str().unwrap(), stamp.to_str().unwrap()],
-        );
+        let (child, [src, seen, stamp]) = truncate_writer(&path, b"after");
         wait_recall(&mut events, &g);
         let gid = g.id();
         let fenced = wait_event(&mut events, Duration::from_secs(10), "Fenced", |e| {

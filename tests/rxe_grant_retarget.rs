@@ -13,7 +13,7 @@ use std::time::Duration;
 use filemr::grant::GrantState;
 use filemr::region::{Access, RegionEventKind, RevocationMode};
 use filemr::verbs::WcStatus;
-use guest::{GuestEnv, pattern, unique_path};
+use guest::{GuestEnv, pattern};
 use region_support::*;
 
 const LEN: usize = 1 << 20;
@@ -35,16 +35,8 @@ fn unreturned_grant_is_retargeted_to_scratch_and_rebound_after_the_rebuild() {
         assert_eq!(peer.write_to(&g, 0, &a), WcStatus::Success);
         region.commit(0..4096).unwrap();
 
-        let tmp = std::env::temp_dir();
         let b = pattern(LEN, 2);
-        let (src, seen, stamp) =
-            (unique_path(&tmp, "src"), unique_path(&tmp, "seen"), unique_path(&tmp, "stamp"));
-        std::fs::write(&src, &b).unwrap();
-        let child = breaker(
-            "truncate-write",
-            &path,
-            &[src.to_str().unwrap(), seen.to_str().unwrap(), stamp.to_str().unwrap()],
-        );
+        let (child, [src, seen, stamp]) = truncate_writer(&path, &b);
         wait_recall(&mut events, &g);
         let gid = g.id();
         wait_event(&mut events, Duration::from_secs(10), "Retargeted", |e| {

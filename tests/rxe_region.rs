@@ -18,7 +18,7 @@ use filemr::region::{
     RevokeReason, Strategy,
 };
 use filemr::verbs::WcStatus;
-use guest::{GuestEnv, pattern, unique_path};
+use guest::{GuestEnv, pattern};
 use nix::errno::Errno;
 use region_support::*;
 
@@ -49,17 +49,8 @@ fn no_byte_lost(dir: &Path, fs: &str) {
     region.commit(0..LEN).expect("commit");
 
     // A separate process truncates the file to 0 and writes pattern B.
-    let tmp = std::env::temp_dir();
     let b = pattern(OFF as usize + LEN, 2);
-    let src = unique_path(&tmp, "patb");
-    let seen = unique_path(&tmp, "before");
-    let stamp = unique_path(&tmp, "stamp");
-    std::fs::write(&src, &b).unwrap();
-    let child = breaker(
-        "truncate-write",
-        &path,
-        &[src.to_str().unwrap(), seen.to_str().unwrap(), stamp.to_str().unwrap()],
-    );
+    let (child, [src, seen, stamp]) = truncate_writer(&path, &b);
     wait_event(&mut events, WAIT, "Revoking", |e| e.kind == RegionEventKind::Revoking);
     // The peer answers the recall: its last write, then commit, then return.
     wait_recall(&mut events, &g);
@@ -442,7 +433,8 @@ fn breaks_during_register_leave_no_mr_without_its_lease() {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
-        let file = std::fs::read(&path).unwrap();
+        // The writer's last write (reading the file here would break the lease again).
+        let file = WRITES.parse::<u64>().unwrap().to_le_bytes();
         let peer = Peer::new(4096);
         let mut registered = 0;
         for r in &regions {
@@ -458,7 +450,7 @@ fn breaks_during_register_leave_no_mr_without_its_lease() {
             let g = peer.grant(r);
             let (st, got) = peer.read_from(&g, 0, 8);
             assert_eq!(st, WcStatus::Success);
-            assert_eq!(got, file[..8], "region {} shows bytes the writer replaced", r.id());
+            assert_eq!(got, file, "region {} shows bytes the writer replaced", r.id());
         }
         let ours = || -> Vec<String> {
             mr_lines().into_iter().filter(|l| l.contains(&format!("mrlen {SZ} "))).collect()

@@ -196,6 +196,17 @@ pub fn breaker(mode: &str, file: &Path, args: &[&str]) -> Child {
         .expect("spawn breaker")
 }
 
+/// A `truncate-write` breaker of `file` that writes `content` after the truncate; returns
+/// it and the paths of the content, the file as the breaker found it and the truncate's
+/// time stamp (see [`breaker_reexec_entry`]).
+pub fn truncate_writer(file: &Path, content: &[u8]) -> (Child, [PathBuf; 3]) {
+    let tmp = std::env::temp_dir();
+    let paths = ["src", "seen", "stamp"].map(|t| crate::guest::unique_path(&tmp, t));
+    std::fs::write(&paths[0], content).unwrap();
+    let args = paths.each_ref().map(|p| p.to_str().unwrap());
+    (breaker("truncate-write", file, &args), paths)
+}
+
 /// Waits for a child, failing after `timeout`.
 pub fn wait_child(mut child: Child, timeout: Duration) {
     let start = std::time::Instant::now();
