@@ -267,7 +267,7 @@ fn odp_transfers_off_page_boundaries_are_misplaced_on_this_kernel() {
                 dir.display(),
                 env.profile
             );
-            // One packet (at most the path MTU, 1024 here): misplaced to the page start.
+            // One packet (at most 1024 bytes fits any path MTU): misplaced to the page start.
             if !aligned && len <= 1024 {
                 assert!(
                     at_page_start,

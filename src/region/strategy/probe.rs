@@ -2,8 +2,9 @@
 //! loopback transfer, and keep the first that moves the right bytes.
 //!
 //! "Registration succeeded" is not enough: on 6.18 rxe an ODP MR registers fine, but an
-//! RDMA WRITE whose packet starts inside a page is dropped (the completion still says
-//! success) and an RDMA READ starting inside a page returns wrong bytes. So each candidate
+//! RDMA WRITE whose packet starts inside a page is misplaced to the page's offset 0 (the
+//! completion still says success) and an RDMA READ starting inside a page returns the
+//! page's first bytes. So each candidate
 //! does a 100-byte WRITE at offset 100 (writable access) and a 100-byte READ at offset
 //! 300 (readable access) and checks the file. The transfers go through a type-2 memory
 //! window bound over the candidate's memory region, the way peers reach regions.
