@@ -189,29 +189,26 @@ impl Grant {
     pub fn returned(&self) -> Result<(), RegionError> {
         let g = &self.shared;
         let mut c = g.cell.lock();
-        let in_time = match c.state {
-            GrantState::Active | GrantState::Recalled => c.recalled_at.is_some(),
-            GrantState::Retargeted => false,
-            GrantState::Returned | GrantState::Fenced | GrantState::Lost | GrantState::Released => {
+        let when = match (c.state, c.recalled_at.take()) {
+            (GrantState::Active | GrantState::Recalled, Some(at)) => {
+                self.mgr.grant_metrics.recall_seconds.observe(at.elapsed().as_secs_f64());
+                "in_time"
+            }
+            (GrantState::Active | GrantState::Recalled, None) => "unrecalled",
+            (GrantState::Retargeted, _) => "late",
+            (
+                GrantState::Returned | GrantState::Fenced | GrantState::Lost | GrantState::Released,
+                _,
+            ) => {
                 return Ok(());
             }
         };
-        let recalled_at = c.recalled_at.take();
         let result = g.unbind(&mut c);
         if c.state != GrantState::Fenced {
             c.state = GrantState::Returned;
         }
         drop(c);
-        let m = &self.mgr.grant_metrics;
-        let when = match (recalled_at, in_time) {
-            (None, _) => "unrecalled",
-            (Some(_), false) => "late",
-            (Some(at), true) => {
-                m.recall_seconds.observe(at.elapsed().as_secs_f64());
-                "in_time"
-            }
-        };
-        m.returned.get_or_create(&vec![("when", when.to_string())]).inc();
+        self.mgr.grant_metrics.returned.get_or_create(&vec![("when", when.to_string())]).inc();
         self.region.emit(&self.mgr, RegionEventKind::Returned { grant: g.id });
         result.map_err(|source| RegionError::Grant { id: g.region, qp: g.qp.qp_num(), source })
     }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::sys::{Mapping, SysError, page_size};
+use crate::sys::{Mapping, SysError, page_offset};
 use crate::verbs::{Access, MemoryRegion, ProtectionDomain, VerbsError};
 
 /// Why scratch could not be built.
@@ -23,7 +23,6 @@ pub(crate) fn build(
     len: usize,
     chunk: usize,
 ) -> Result<MemoryRegion, ScratchError> {
-    let head = iova as usize % page_size();
-    let map = Arc::new(Mapping::scratch(head, len, chunk)?);
+    let map = Arc::new(Mapping::scratch(page_offset(iova), len, chunk)?);
     Ok(MemoryRegion::register_at(pd, &map, iova, Access::LOCAL_WRITE | Access::MW_BIND)?)
 }

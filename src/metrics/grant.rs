@@ -10,7 +10,7 @@ use super::Labels;
 /// Metrics of grants (peer keys), registered under `filemr_grant`.
 #[derive(Debug, Clone)]
 pub struct GrantMetrics {
-    /// Grants made, by `mode` of the manager.
+    /// Grants made.
     pub granted: Counter,
     /// Grants recalled because their region's lease broke.
     pub recalled: Counter,
@@ -26,8 +26,8 @@ pub struct GrantMetrics {
     pub rebound: Counter,
     /// Seconds from a recall to the peer's return.
     pub recall_seconds: Histogram,
-    /// Scratch memory regions built, by `backing` (`repeated` chunk, or `full` anonymous
-    /// memory when the repeated mapping could not be registered).
+    /// Scratch memory regions built, by `backing` (`repeated`: one chunk mapped over the
+    /// region's length; when scratch cannot be built the grants are fenced instead).
     pub scratch: Family<Labels, Counter>,
 }
 

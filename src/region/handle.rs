@@ -3,13 +3,11 @@
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::time::SystemTime;
 
 use parking_lot::Mutex;
-
-use std::sync::Weak;
-use std::sync::atomic::Ordering;
 
 use super::RegionError;
 use super::config::Access;

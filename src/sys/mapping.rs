@@ -69,6 +69,11 @@ pub fn page_size() -> usize {
     }
 }
 
+/// How far `addr` lies into its page.
+pub fn page_offset(addr: u64) -> usize {
+    (addr % page_size() as u64) as usize
+}
+
 impl Mapping {
     /// Map `len` bytes of the file behind `fd` at `offset`, `MAP_SHARED`.
     pub fn file(fd: impl AsFd, offset: u64, len: usize, prot: Protection) -> SysResult<Mapping> {

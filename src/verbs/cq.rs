@@ -74,6 +74,18 @@ struct Stash {
     others: VecDeque<WorkCompletion>,
 }
 
+impl Stash {
+    /// Keeps `wc` if it is one of filemr's own; hands it back otherwise.
+    fn keep_reserved(&mut self, wc: WorkCompletion) -> Option<WorkCompletion> {
+        if is_reserved_wr_id(wc.wr_id) {
+            self.reserved.insert(wc.wr_id, wc);
+            None
+        } else {
+            Some(wc)
+        }
+    }
+}
+
 /// A completion queue (`ibv_cq`), destroyed on drop.
 ///
 /// It may be shared between the application and filemr: completions of filemr's own
@@ -139,11 +151,7 @@ impl CompletionQueue {
         let mut out: Vec<WorkCompletion> = stash.others.drain(..take).collect();
         while out.len() < max {
             let Some(wc) = self.poll_raw()? else { break };
-            if is_reserved_wr_id(wc.wr_id) {
-                stash.reserved.insert(wc.wr_id, wc);
-            } else {
-                out.push(wc);
-            }
+            out.extend(stash.keep_reserved(wc));
         }
         Ok(out)
     }
@@ -167,10 +175,8 @@ impl CompletionQueue {
                     if wc.wr_id == wr_id {
                         return Ok(wc);
                     }
-                    if is_reserved_wr_id(wc.wr_id) {
-                        stash.reserved.insert(wc.wr_id, wc);
-                    } else {
-                        stash.others.push_back(wc);
+                    if let Some(other) = stash.keep_reserved(wc) {
+                        stash.others.push_back(other);
                     }
                 }
             }

@@ -6,7 +6,7 @@ use rdma_sys as ffi;
 use super::access::Access;
 use super::error::{VerbsError, VerbsResult};
 use super::pd::ProtectionDomain;
-use crate::sys::Mapping;
+use crate::sys::{Mapping, page_offset};
 
 /// A registered memory region (`ibv_mr`), deregistered on drop.
 ///
@@ -64,8 +64,7 @@ impl MemoryRegion {
         access: Access,
     ) -> VerbsResult<MemoryRegion> {
         let (addr, len) = (mapping.as_ptr(), mapping.len());
-        let in_page = |a: u64| a % crate::sys::page_size() as u64;
-        if in_page(iova) != in_page(addr as u64) {
+        if page_offset(iova) != page_offset(addr as u64) {
             // The device translates whole pages: the in-page offsets must agree.
             return Err(VerbsError::new(
                 "ibv_reg_mr_iova2",

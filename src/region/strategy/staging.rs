@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::{BuildError, dup_file};
 use crate::region::config::Access;
-use crate::sys::{Mapping, io_errno};
+use crate::sys::{Mapping, io_errno, page_offset};
 use crate::verbs::{MemoryRegion, ProtectionDomain};
 
 /// Bytes copied per pread/pwrite.
@@ -21,17 +21,9 @@ pub(super) fn build(
     access: Access,
     iova: Option<u64>,
 ) -> Result<(MemoryRegion, Arc<Mapping>), BuildError> {
-    let map = Arc::new(
-        match iova {
-            // Same in-page offset as the addresses peers know (anonymous memory starts on a
-            // page): map one byte more per head byte and use the tail.
-            Some(iova) => {
-                Mapping::anonymous_at_offset(iova as usize % crate::sys::page_size(), len)
-            }
-            None => Mapping::anonymous(len),
-        }
-        .map_err(BuildError::Map)?,
-    );
+    // Registered at `iova`, the memory must sit at the same offset into its page.
+    let head = iova.map_or(0, page_offset);
+    let map = Arc::new(Mapping::anonymous_at_offset(head, len).map_err(BuildError::Map)?);
     let file = dup_file(fd)?;
     let mut buf = vec![0u8; CHUNK.min(len)];
     let mut done = 0;
