@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod grant;
+pub mod layout;
 pub mod lease;
 pub mod metrics;
 pub mod probe;

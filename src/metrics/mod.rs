@@ -4,7 +4,9 @@
 //! Only the counters live here; serving them over HTTP is a later concern.
 
 mod grant;
+mod layout;
 mod region;
 
 pub use grant::GrantMetrics;
+pub use layout::LayoutMetrics;
 pub use region::{Labels, RegionMetrics};

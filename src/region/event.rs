@@ -147,6 +147,23 @@ pub struct RegionEvents {
 }
 
 impl RegionEvents {
+    /// The next event if one is buffered, without waiting: `Ok(None)` when none is;
+    /// `Err(())` once the manager is gone. For callers outside the async runtime.
+    #[allow(clippy::result_unit_err)]
+    pub fn try_recv(&mut self) -> Result<Option<RegionEvent>, ()> {
+        loop {
+            match self.rx.try_recv() {
+                Ok(ev) if self.only.is_none_or(|id| id == ev.region) => return Ok(Some(ev)),
+                Ok(_) => {}
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    tracing::warn!(lost = n, "region event subscriber lagged");
+                }
+                Err(broadcast::error::TryRecvError::Empty) => return Ok(None),
+                Err(broadcast::error::TryRecvError::Closed) => return Err(()),
+            }
+        }
+    }
+
     /// The next event; `None` once the manager is gone. A subscriber that fell more than
     /// the channel's capacity behind skips the lost events (logged).
     pub async fn recv(&mut self) -> Option<RegionEvent> {

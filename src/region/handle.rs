@@ -191,6 +191,12 @@ impl Region {
         &self.shared.path
     }
 
+    /// The file the region's lease protects (device and inode of the file that was
+    /// opened, whatever its path resolves to now).
+    pub fn file_id(&self) -> crate::lease::FileId {
+        self.shared.file()
+    }
+
     /// Offset of the region in the file.
     pub fn offset(&self) -> u64 {
         self.shared.offset

@@ -8,6 +8,7 @@
 
 mod access;
 mod async_event;
+mod cm;
 mod cq;
 mod device;
 mod error;
@@ -18,6 +19,7 @@ mod qp;
 
 pub use access::Access;
 pub use async_event::{AsyncEvent, AsyncEvents};
+pub use cm::{CmChannel, CmEvent, CmEventKind, CmId};
 pub use cq::{CompletionQueue, RESERVED_WR_ID_TAG, WcStatus, WorkCompletion, is_reserved_wr_id};
 pub use device::{Context, DeviceCaps, OdpCaps, PortInfo, device_names};
 pub use error::{VerbsError, VerbsResult};

@@ -228,7 +228,7 @@ impl QueuePair {
         unsafe { self.ptr.as_ref().qp_num }
     }
 
-    fn modify(
+    pub(super) fn modify(
         &self,
         attr: &mut ffi::ibv_qp_attr,
         mask: ffi::ibv_qp_attr_mask,

@@ -76,6 +76,11 @@ pub fn register(
     }
 }
 
+/// The registry the manager's metrics are in (for other layers' metrics too).
+pub fn registry() -> std::sync::MutexGuard<'static, Registry> {
+    SHARED.registry.lock().unwrap()
+}
+
 /// The metrics, encoded.
 pub fn metrics_text() -> String {
     let mut s = String::new();
@@ -230,6 +235,9 @@ pub fn wait_child(mut child: Child, timeout: Duration) {
 ///   truncate returned to TIME (ns since the epoch), write SRC's bytes, close.
 /// - `truncate-to SIZE`: open read-write, truncate to SIZE, close.
 /// - `open-write TIME`: open write-only (blocks), save the time, close.
+/// - `open-save BEFORE TIME [MS]`: open read-write (blocks), save the time, save the
+///   content to BEFORE, keep the file open MS milliseconds, close (the file is left as
+///   it was).
 /// - `open-unlink`: open write-only (blocks), delete the file, close.
 /// - `write-loop N`: N times: open write-only (blocks), write the iteration number
 ///   (u64, little-endian) at offset 0, close.
@@ -272,6 +280,16 @@ fn breaker_reexec_entry() {
         "open-write" => {
             let _f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
             stamp(&args[0]);
+        }
+        "open-save" => {
+            let f = std::fs::OpenOptions::new().read(true).write(true).open(&file).unwrap();
+            stamp(&args[1]);
+            let mut before = vec![0; f.metadata().unwrap().len() as usize];
+            f.read_exact_at(&mut before, 0).unwrap();
+            std::fs::write(&args[0], before).unwrap();
+            if let Some(ms) = args.get(2) {
+                std::thread::sleep(Duration::from_millis(ms.parse().unwrap()));
+            }
         }
         other => panic!("unknown breaker mode {other}"),
     }

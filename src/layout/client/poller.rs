@@ -1,0 +1,136 @@
+//! The client's background thread: files replies and completions, acts on the server's
+//! RECALL, AVAILABLE and LOST.
+
+use std::sync::Weak;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::super::link::Completion;
+use super::super::wire::{Frame, Message};
+use super::{Inner, LayoutEvent, Phase, RecallPolicy, layout};
+use crate::verbs::CmEventKind;
+
+/// Sleep when nobody waits for anything.
+const IDLE: Duration = Duration::from_millis(1);
+/// Sleep while requests or transfers wait.
+const BUSY: Duration = Duration::from_micros(20);
+
+/// Runs until the client is dropped or stopped.
+pub(super) fn run(weak: Weak<Inner>) {
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        if inner.stop.load(Ordering::Acquire) {
+            return;
+        }
+        let progressed = step(&inner);
+        let waiting = {
+            let st = inner.state.lock();
+            !st.pending.is_empty() || st.in_transfer > 0
+        };
+        drop(inner);
+        if !progressed {
+            std::thread::sleep(if waiting { BUSY } else { IDLE });
+        }
+    }
+}
+
+/// One pass over the CM channel and the completion queue; whether anything happened.
+fn step(inner: &std::sync::Arc<Inner>) -> bool {
+    let mut progressed = false;
+    while let Ok(Some(ev)) = inner.channel.try_next() {
+        progressed = true;
+        if matches!(ev.kind, CmEventKind::Disconnected | CmEventKind::DeviceRemoval) {
+            close(inner, format!("{:?}", ev.kind));
+        }
+    }
+    let done = match inner.link.poll() {
+        Ok(d) => d,
+        Err(e) => {
+            close(inner, format!("polling failed: {e}"));
+            return true;
+        }
+    };
+    for d in done {
+        progressed = true;
+        match d {
+            Completion::Frame(bytes) => on_frame(inner, &bytes),
+            Completion::Data { wr_id, status } => {
+                inner.state.lock().transfers.insert(wr_id, status);
+                inner.cv.notify_all();
+            }
+            Completion::Broken(status) => close(inner, format!("queue pair failed: {status:?}")),
+        }
+    }
+    progressed
+}
+
+fn close(inner: &Inner, why: String) {
+    let mut st = inner.state.lock();
+    if st.closed.is_none() {
+        tracing::warn!(server = %inner.cfg.server, why, "layout connection closed");
+        inner.push_event(&mut st, LayoutEvent::Disconnected { why: why.clone() });
+        st.closed = Some(why);
+    }
+    inner.cv.notify_all();
+}
+
+fn on_frame(inner: &std::sync::Arc<Inner>, bytes: &[u8]) {
+    let frame = match Frame::decode(bytes) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(server = %inner.cfg.server, error = %e, "malformed frame from server");
+            return;
+        }
+    };
+    let mut st = inner.state.lock();
+    match frame.message {
+        Message::Recall { layout, deadline_ms } => {
+            let deadline = Duration::from_millis(deadline_ms);
+            let Some(h) = st.layouts.get_mut(&layout) else { return };
+            if h.phase == Phase::Active {
+                h.phase = Phase::Recalled;
+            }
+            inner.push_event(&mut st, LayoutEvent::Recalled { layout, deadline });
+            if inner.cfg.recall == RecallPolicy::Cooperate {
+                let inner = inner.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("filemr-recall".into())
+                    .spawn(move || layout::answer_recall(&inner, layout, deadline));
+                if let Err(e) = spawned {
+                    tracing::error!(layout, error = %e, "cannot answer a recall");
+                }
+            }
+        }
+        Message::Available(desc) => {
+            let Some(h) = st.layouts.get_mut(&desc.layout) else {
+                // Dropped while recalled: give it back for good now.
+                drop(st);
+                let message = Message::ReturnRequest { layout: desc.layout };
+                if let Err(e) = inner.link.send(&Frame { request: 0, status: 0, message }) {
+                    tracing::debug!(layout = desc.layout, error = ?e, "return not sent");
+                }
+                return;
+            };
+            h.desc = desc;
+            h.phase = Phase::Active;
+            let ev = LayoutEvent::Available {
+                layout: desc.layout,
+                generation: desc.generation,
+                len: desc.len,
+            };
+            inner.push_event(&mut st, ev);
+        }
+        Message::Lost { layout, reason } => {
+            let Some(h) = st.layouts.get_mut(&layout) else { return };
+            h.phase = Phase::Lost(reason);
+            inner.push_event(&mut st, LayoutEvent::Lost { layout, reason });
+        }
+        _ if st.pending.contains(&frame.request) => {
+            st.replies.insert(frame.request, frame);
+        }
+        other => {
+            tracing::debug!(request = frame.request, message = other.name(), "unexpected reply");
+        }
+    }
+    inner.cv.notify_all();
+}

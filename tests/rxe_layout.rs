@@ -1,0 +1,133 @@
+//! The layout protocol over RDMA CM between two rxe devices on the two ends of a veth
+//! link (server in the root network namespace, peers in the peer namespace): a
+//! cooperative peer across a break, refusals, malformed frames.
+
+#[path = "guest/mod.rs"]
+mod guest;
+#[path = "layout_support/mod.rs"]
+mod layout_support;
+#[path = "region_support/mod.rs"]
+mod region_support;
+
+use layout_support::*;
+use region_support::{CONFIGURE, WAIT, breaker, note, wait_child};
+
+const LEN: usize = 256 << 10;
+
+#[test]
+#[ignore = "needs rxe0 (SoftRoCE) as root: cargo xtask test runs it in the qemu guests"]
+fn cooperative_peer_commits_returns_and_resumes_across_a_break() {
+    CONFIGURE.get_or_init(|| server_device);
+    let exports = exports();
+    let server = start_server(exports.clone());
+    let mut totals = Vec::new();
+    for ex in &exports {
+        let file = ex.root.join("stream");
+        std::fs::write(&file, vec![0u8; LEN]).unwrap();
+        let vars = [("PATH", format!("{}/stream", ex.name)), ("LEN", LEN.to_string())];
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut peer = PeerProc::spawn("stream", server.local_addr(), &vars);
+        peer.wait_ready(WAIT);
+        let tmp = std::env::temp_dir();
+        let [before, stamp] = ["before", "stamp"].map(|t| guest::unique_path(&tmp, t));
+        let child =
+            breaker("open-save", &file, &[before.to_str().unwrap(), stamp.to_str().unwrap()]);
+        wait_child(child, WAIT);
+        let r = peer.finish(WAIT);
+        let n: usize = r["returned_records"].parse().unwrap();
+        let total: usize = r["total"].parse().unwrap();
+        assert!(n > 16, "{}: the peer streamed before the recall ({n} records)", ex.name);
+        let seen = std::fs::read(&before).unwrap();
+        for i in 0..LEN / 8 {
+            let want = if i < n { i as u64 + 1 } else { 0 };
+            assert_eq!(
+                record(&seen, i),
+                want,
+                "{}: record {i} when the breaker got the file ({n} committed)",
+                ex.name
+            );
+        }
+        note(&format!(
+            "layout cooperative {}: {n} records committed by the recall, recall round trip {} ms (peer: RECALL seen to RETURN answered)",
+            ex.name, r["recall_ms"]
+        ));
+        totals.push((file, total));
+    }
+    server.shutdown();
+    for (file, total) in totals {
+        let got = std::fs::read(&file).unwrap();
+        for i in 0..LEN / 8 {
+            let want = if i < total { i as u64 + 1 } else { 0 };
+            assert_eq!(
+                record(&got, i),
+                want,
+                "{}: record {i} after the peer resumed",
+                file.display()
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs rxe0 (SoftRoCE) as root: cargo xtask test runs it in the qemu guests"]
+fn layouts_that_escape_the_export_or_write_a_read_only_one_are_refused() {
+    CONFIGURE.get_or_init(|| server_device);
+    let env = guest::GuestEnv::get();
+    let rw = export(&env.pagecache_dir, "pc", false);
+    let ro = export(&env.pagecache_dir, "ro", true);
+    std::fs::write(rw.root.join("f"), vec![1u8; 65536]).unwrap();
+    std::fs::write(ro.root.join("g"), vec![2u8; 65536]).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", rw.root.join("out")).unwrap();
+    let server = start_server(vec![rw, ro]);
+    let vars = [("PATH", "pc/f"), ("LEN", "65536"), ("RO_PATH", "ro/g")];
+    let r = PeerProc::spawn("refusals", server.local_addr(), &vars).finish(WAIT);
+    for (k, want) in [
+        ("ro_write", "EROFS"),
+        ("ro_read", "granted"),
+        ("dotdot", "EXDEV"),
+        ("absolute", "EXDEV"),
+        ("symlink_out", "EXDEV"),
+        ("no_export", "ENOENT"),
+        ("past_eof", "EINVAL"),
+        ("ok", "granted"),
+    ] {
+        assert_eq!(r[k], want, "{k}");
+    }
+    let metrics = region_support::metrics_text();
+    assert!(
+        metrics.contains("filemr_layout_requests_total{op=\"get\",result=\"EXDEV\"} 3"),
+        "{metrics}"
+    );
+    server.shutdown();
+}
+
+#[test]
+#[ignore = "needs rxe0 (SoftRoCE) as root: cargo xtask test runs it in the qemu guests"]
+fn malformed_frames_are_answered_and_harm_no_other_connection() {
+    CONFIGURE.get_or_init(|| server_device);
+    let env = guest::GuestEnv::get();
+    let rw = export(&env.pagecache_dir, "pc", false);
+    std::fs::write(rw.root.join("f"), vec![0u8; 65536]).unwrap();
+    let server = start_server(vec![rw.clone()]);
+    let vars = [("PATH", "pc/f"), ("LEN", "65536")];
+    let r = PeerProc::spawn("malformed", server.local_addr(), &vars).finish(WAIT);
+    for (k, want) in [
+        ("bad_magic", "0:EPROTO"),
+        ("truncated", "77:EPROTO"),
+        ("bad_length", "77:EPROTO"),
+        ("bad_opcode", "77:EPROTO"),
+        ("empty", "0:EPROTO"),
+        ("not_a_request", "78:EPROTO"),
+        ("unknown_layout", "77:ENOENT"),
+        ("flood_closed", "true"),
+        ("other_ok", "true"),
+    ] {
+        assert_eq!(r[k], want, "{k}");
+    }
+    server.shutdown();
+    let file = std::fs::read(rw.root.join("f")).unwrap();
+    assert!(
+        file[..8192] == guest::pattern(8192, 9)[..],
+        "the unaffected peer's commit is in the file"
+    );
+}
