@@ -145,6 +145,8 @@ pub(crate) struct State {
     pub(crate) layouts: HashMap<u64, Held>,
     pub(crate) events: VecDeque<LayoutEvent>,
     pub(crate) closed: Option<String>,
+    /// Returns answering a recall, by request id: (layout, ranges committed, commit error).
+    pub(crate) returns: HashMap<u64, (u64, Vec<(u64, u64)>, Option<String>)>,
     /// Requests waiting for their reply (replies to others are dropped).
     pub(crate) pending: std::collections::HashSet<u64>,
     /// Transfers waiting for their completion.
@@ -192,10 +194,19 @@ impl Inner {
         !self.cv.wait_until(st, deadline).timed_out() || Instant::now() < deadline
     }
 
+    /// A fresh request id.
+    pub(crate) fn new_request(&self) -> u64 {
+        self.next_request.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// Sends `message` as a new request and waits for its reply.
     pub(crate) fn call(&self, message: Message) -> Result<Message, LayoutError> {
+        self.call_as(self.new_request(), message)
+    }
+
+    /// Sends `message` as request `request` and waits for its reply.
+    pub(crate) fn call_as(&self, request: u64, message: Message) -> Result<Message, LayoutError> {
         let op = message.name();
-        let request = self.next_request.fetch_add(1, Ordering::Relaxed);
         let frame = Frame { request, status: 0, message };
         let f = self.exchange(request, op, || self.link.send(&frame))?;
         match f.message {

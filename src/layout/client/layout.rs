@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::super::link::DATA;
 use super::super::wire::{LayoutDesc, LostCode, MAX_RANGES, Message};
-use super::{Inner, LayoutError, LayoutEvent, Phase, RecallPolicy};
+use super::{Inner, LayoutError, Phase, RecallPolicy};
 use crate::verbs::{RemoteBuf, WcStatus};
 
 /// A layout: a file range of the server's, reachable one-sided through its key. Dropping
@@ -268,22 +268,25 @@ fn commit(inner: &Inner, id: u64) -> Result<Vec<(u64, u64)>, LayoutError> {
     Ok(dirty)
 }
 
-/// Commit, then return for the recall; the layout waits for AVAILABLE.
+/// Commit, then return for the recall; the layout waits for AVAILABLE. The poller
+/// records the return (phase `Returned`, event [`LayoutEvent::Returned`]) as it files the
+/// reply, so the event comes before the AVAILABLE that may follow it on the wire.
 fn commit_and_return(inner: &Inner, id: u64) -> Result<Vec<(u64, u64)>, LayoutError> {
     let committed = commit(inner, id);
-    let returned = inner.call(Message::ReturnRequest { layout: id });
-    if let Some(h) = inner.state.lock().layouts.get_mut(&id)
-        && h.phase == Phase::Recalled
-        && returned.is_ok()
-    {
-        h.phase = Phase::Returned;
-    }
+    let request = inner.new_request();
+    let (ranges, error) = match &committed {
+        Ok(c) => (c.clone(), None),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
+    inner.state.lock().returns.insert(request, (id, ranges, error));
+    let returned = inner.call_as(request, Message::ReturnRequest { layout: id });
+    inner.state.lock().returns.remove(&request);
     let committed = committed?;
     returned.map(|_| committed)
 }
 
 /// The cooperative answer to a recall, on its own thread: wait for the transfers in
-/// flight (new ones wait for AVAILABLE), commit, return, report.
+/// flight (new ones wait for AVAILABLE), commit, return.
 pub(super) fn answer_recall(inner: &Arc<Inner>, id: u64, deadline: Duration) {
     let until = Instant::now() + deadline;
     {
@@ -295,14 +298,9 @@ pub(super) fn answer_recall(inner: &Arc<Inner>, id: u64, deadline: Duration) {
             }
         }
     }
-    let done = commit_and_return(inner, id);
-    let (committed, error) = match done {
-        Ok(c) => (c, None),
-        Err(e) => (Vec::new(), Some(e.to_string())),
-    };
-    let mut st = inner.state.lock();
-    inner.push_event(&mut st, LayoutEvent::Returned { layout: id, committed, error });
-    inner.cv.notify_all();
+    if let Err(e) = commit_and_return(inner, id) {
+        tracing::warn!(layout = id, error = %e, "answering a recall failed");
+    }
 }
 
 #[cfg(test)]

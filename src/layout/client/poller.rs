@@ -126,6 +126,20 @@ fn on_frame(inner: &std::sync::Arc<Inner>, bytes: &[u8]) {
             inner.push_event(&mut st, LayoutEvent::Lost { layout, reason });
         }
         _ if st.pending.contains(&frame.request) => {
+            if let Some((layout, committed, error)) = st.returns.remove(&frame.request) {
+                let returned = frame.message == Message::Returned;
+                let error = match returned {
+                    true => error,
+                    false => Some(format!("return refused: errno {}", frame.status)),
+                };
+                if let Some(h) = st.layouts.get_mut(&layout)
+                    && h.phase == Phase::Recalled
+                    && returned
+                {
+                    h.phase = Phase::Returned;
+                }
+                inner.push_event(&mut st, LayoutEvent::Returned { layout, committed, error });
+            }
             st.replies.insert(frame.request, frame);
         }
         other => {
