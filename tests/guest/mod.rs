@@ -1,6 +1,7 @@
 //! Shared support for integration tests that run inside the SoftRoCE guests.
 #![allow(dead_code)]
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -18,6 +19,34 @@ pub struct GuestEnv {
     pub xfs_dax_dir: Option<PathBuf>,
     pub expect_odp: bool,
     pub profile: String,
+    /// The second topology (`docs/harness.md`), two more rxe devices joined by a veth
+    /// link, both in the root network namespace: the server's end (`FILEMR_SERVER_*`)…
+    pub server: LinkEnd,
+    /// …and the peer's end (`FILEMR_PEER_*`). Traffic between the two crosses the link
+    /// only when the peer's side binds its own address (`rdma_bind_addr`, `rping -I`):
+    /// an unbound rdma_cm id resolves the server's address to the server's device.
+    pub peer: LinkEnd,
+}
+
+/// One end of the veth link: an rxe device on a netdev with an IPv4 address (/24).
+pub struct LinkEnd {
+    /// The rxe device (`FILEMR_*_DEVICE`): `rxe_srv` or `rxe_peer`.
+    pub device: String,
+    /// Its netdev (`FILEMR_*_NETDEV`), one end of the veth pair: `fmr-srv` or `fmr-peer`.
+    pub netdev: String,
+    /// The netdev's address (`FILEMR_*_ADDR`): `10.77.0.1` or `10.77.0.2`.
+    pub addr: Ipv4Addr,
+}
+
+impl LinkEnd {
+    fn get(prefix: &str) -> LinkEnd {
+        let addr = var(&format!("{prefix}_ADDR"));
+        LinkEnd {
+            device: var(&format!("{prefix}_DEVICE")),
+            netdev: var(&format!("{prefix}_NETDEV")),
+            addr: addr.parse().unwrap_or_else(|e| panic!("{prefix}_ADDR {addr:?}: {e}")),
+        }
+    }
 }
 
 fn var(name: &str) -> String {
@@ -41,6 +70,8 @@ impl GuestEnv {
                 other => panic!("FILEMR_EXPECT_ODP must be yes or no, not {other:?}"),
             },
             profile: var("FILEMR_GUEST_PROFILE"),
+            server: LinkEnd::get("FILEMR_SERVER"),
+            peer: LinkEnd::get("FILEMR_PEER"),
         }
     }
 

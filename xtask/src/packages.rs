@@ -19,6 +19,9 @@ pub const PACKAGES: &[&str] = &[
     "rdma-core",
     "ibverbs-providers",
     "ibverbs-utils",
+    // rping: an RDMA CM client and server, the reference the two-rxe topology is tested
+    // with (tests/rxe_topology.rs) before filemr's own connection code relies on it.
+    "rdmacm-utils",
     "iproute2",
     "libclang-dev",
     "pkg-config",

@@ -6,10 +6,11 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-echo "guest: init up, kernel $(uname -r)"
+echo "guest: init up, kernel $(uname -r), uptime $(cut -d" " -f1 /proc/uptime) s"
 for m in $(cat /modules/order); do
     insmod "/modules/$m" 2>/dev/null || echo "guest: insmod $m failed (ignored)"
 done
+echo "guest: modules loaded, uptime $(cut -d' ' -f1 /proc/uptime) s"
 fail() { echo "guest: FATAL: $*"; poweroff -f; }
 opts=trans=virtio,version=9p2000.L,msize=262144
 mount -t 9p -o "$opts,ro" hostroot /host || fail "mount hostroot"
@@ -23,6 +24,8 @@ mount -t 9p -o "$opts,ro" repo "/host$repo" || fail "mount repo $repo"
 mount -t devtmpfs devtmpfs /host/dev || fail "dev"
 mount -t proc proc /host/proc
 mount -t sysfs sysfs /host/sys
+# A writable /run for `ip netns` (it keeps the namespaces' handles in /run/netns).
+mount -t tmpfs -o size=16m run /host/run || fail "run tmpfs"
 ip link set lo up
 ip link set eth0 mtu 9000 || fail "eth0 mtu"
 ip link set eth0 up || fail "no eth0"

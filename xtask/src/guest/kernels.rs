@@ -208,6 +208,10 @@ pub fn module_paths(k: &Prepared) -> Result<Vec<PathBuf>> {
         "9p",
         "ib_uverbs",
         "rdma_rxe",
+        // The two-rxe topology: a veth link, and rdma_cm for librdmacm (rdma_ucm makes
+        // /dev/infiniband/rdma_cm; modprobe adds rdma_cm, ib_cm and iw_cm).
+        "veth",
+        "rdma_ucm",
         "nd_pmem",
         "nd_e820",
         "ext4",

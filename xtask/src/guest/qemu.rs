@@ -26,11 +26,14 @@ pub fn boot(
     let env = format!(
         "export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp RUST_BACKTRACE=1\n\
          export FILEMR_RXE_DEVICE=rxe0 FILEMR_DAX_DIR=/tmp/dax FILEMR_PAGECACHE_DIR=/tmp/pc FILEMR_XFS_DAX_DIR=/tmp/xdax\n\
+         export FILEMR_SERVER_DEVICE=rxe_srv FILEMR_SERVER_NETDEV=fmr-srv FILEMR_SERVER_ADDR=10.77.0.1\n\
+         export FILEMR_PEER_DEVICE=rxe_peer FILEMR_PEER_NETDEV=fmr-peer FILEMR_PEER_ADDR=10.77.0.2\n\
          export FILEMR_EXPECT_ODP={} FILEMR_GUEST_PROFILE={}\ncd /tmp\n",
         if spec.expect_odp { "yes" } else { "no" },
         spec.id
     );
-    std::fs::write(out.join("setup.sh"), SETUP).map_err(|e| e.to_string())?;
+    // setup.sh builds the topology those variables name.
+    std::fs::write(out.join("setup.sh"), format!("{env}{SETUP}")).map_err(|e| e.to_string())?;
     let repo = crate::util::root();
     std::fs::write(out.join("repo_path"), repo.display().to_string()).map_err(|e| e.to_string())?;
     std::fs::write(out.join("run.sh"), env + script).map_err(|e| e.to_string())?;
