@@ -1,5 +1,5 @@
 //! The layout protocol over RDMA CM between two rxe devices on the two ends of a veth
-//! link (server in the root network namespace, peers in the peer namespace): a
+//! link (server on one device, peers on the other, connecting from its address): a
 //! cooperative peer across a break, refusals, malformed frames.
 
 #[path = "guest/mod.rs"]

@@ -51,6 +51,10 @@ pub struct ClientConfig {
     pub device: String,
     /// The server's RDMA CM address.
     pub server: SocketAddr,
+    /// The local address to connect from (port 0 for any): an address of `device`.
+    /// Needed when the server's address is also local to this host, so the connection
+    /// leaves through `device` instead of being looped back by the server's device.
+    pub source: Option<std::net::IpAddr>,
     /// How long requests (and connection set-up steps) may take.
     pub timeout: Duration,
     /// How long a transfer waits for a recalled layout to come back.
@@ -68,6 +72,7 @@ impl ClientConfig {
         ClientConfig {
             device: device.into(),
             server,
+            source: None,
             timeout: Duration::from_secs(10),
             stall_limit: Duration::from_secs(120),
             recall: RecallPolicy::Cooperate,
@@ -278,7 +283,8 @@ fn wait_cm(
     cfg: &ClientConfig,
     what: &'static str,
 ) -> Result<(), LayoutError> {
-    let deadline = Instant::now() + cfg.timeout;
+    // A little past the CM's own timeout, so its error event is seen rather than missed.
+    let deadline = Instant::now() + cfg.timeout + Duration::from_secs(1);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -310,7 +316,8 @@ impl LayoutClient {
         let pd = ProtectionDomain::new(&ctx).map_err(verbs)?;
         let channel = CmChannel::new().map_err(verbs)?;
         let id = CmId::new(&channel).map_err(verbs)?;
-        id.resolve_addr(cfg.server, cfg.timeout).map_err(verbs)?;
+        let src = cfg.source.map(|ip| SocketAddr::new(ip, 0));
+        id.resolve_addr(src, cfg.server, cfg.timeout).map_err(verbs)?;
         wait_cm(&channel, CmEventKind::AddrResolved, &cfg, "address resolution")?;
         id.resolve_route(cfg.timeout).map_err(verbs)?;
         wait_cm(&channel, CmEventKind::RouteResolved, &cfg, "route resolution")?;

@@ -303,20 +303,25 @@ impl CmId {
         from_storage(unsafe { &self.raw().route.addr.dst_addr_union.dst_storage })
     }
 
-    /// Starts resolving `dst` to a device and GID; completes with
-    /// [`CmEventKind::AddrResolved`] or [`CmEventKind::AddrError`].
-    pub fn resolve_addr(&self, dst: SocketAddr, timeout: Duration) -> VerbsResult<()> {
-        let mut sa = SockAddr::from(dst);
-        // SAFETY: the identifier is live; `sa` is a valid sockaddr; NULL source is allowed.
+    /// Starts resolving `dst` to a device and GID, from `src` when given (binding the
+    /// source address picks the local device and the route: without it, a destination
+    /// that is a local address of another device is looped back inside that device);
+    /// completes with [`CmEventKind::AddrResolved`] or [`CmEventKind::AddrError`].
+    pub fn resolve_addr(
+        &self,
+        src: Option<SocketAddr>,
+        dst: SocketAddr,
+        timeout: Duration,
+    ) -> VerbsResult<()> {
+        let mut d = SockAddr::from(dst);
+        let mut s = src.map(SockAddr::from);
+        let sp = s.as_mut().map_or(std::ptr::null_mut(), SockAddr::as_mut_ptr);
+        // SAFETY: the identifier is live; `d` (and `s` when given) hold valid sockaddrs
+        // that outlive the call; a NULL source is allowed.
         let ret = unsafe {
-            ffi::rdma_resolve_addr(
-                self.ptr.as_ptr(),
-                std::ptr::null_mut(),
-                sa.as_mut_ptr(),
-                timeout_ms(timeout),
-            )
+            ffi::rdma_resolve_addr(self.ptr.as_ptr(), sp, d.as_mut_ptr(), timeout_ms(timeout))
         };
-        cm_check("rdma_resolve_addr", ret, || dst.to_string())
+        cm_check("rdma_resolve_addr", ret, || format!("{src:?} -> {dst}"))
     }
 
     /// Starts resolving the route; completes with [`CmEventKind::RouteResolved`].

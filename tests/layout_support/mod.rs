@@ -1,7 +1,7 @@
 //! Shared support of the layout protocol's guest tests: the server in the test process
-//! (on the server device, root network namespace), peers in child processes in the peer
-//! namespace on the other end of the veth link, driven by scripts (see
-//! [`peer_reexec_entry`]).
+//! (on the server device), peers in child processes on the peer device at the other end of
+//! the veth link (connecting from its address, so their traffic crosses the link), driven
+//! by scripts (see [`peer_reexec_entry`]).
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -45,7 +45,7 @@ pub fn start_server(exports: Vec<Export>) -> LayoutServer {
         .expect("layout server")
 }
 
-/// A peer process running `script` against `server`, in the peer namespace.
+/// A peer process running `script` against `server` from the peer device.
 pub struct PeerProc {
     child: Child,
     out: PathBuf,
@@ -59,10 +59,8 @@ impl PeerProc {
         let tmp = std::env::temp_dir();
         let [out, err, ready] =
             ["peer-out", "peer-err", "peer-ready"].map(|t| crate::guest::unique_path(&tmp, t));
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &var("FILEMR_PEER_NETNS")])
-            .arg(std::env::current_exe().unwrap())
-            .args([
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args([
                 "layout_support::peer_reexec_entry",
                 "--exact",
                 "--ignored",
@@ -141,10 +139,19 @@ fn peer_reexec_entry() {
     };
     let server: SocketAddr = var("FILEMR_LAYOUT_SERVER").parse().unwrap();
     let mut cfg = ClientConfig::new(var("FILEMR_PEER_DEVICE"), server);
+    // From the peer device's address: the connection crosses the link (see
+    // docs/harness.md).
+    cfg.source = Some(var("FILEMR_PEER_ADDR").parse().unwrap());
     if script == "silent" {
         cfg.recall = RecallPolicy::Manual;
     }
-    let client = LayoutClient::connect(cfg.clone()).expect("connect");
+    let client = match LayoutClient::connect(cfg.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            let neigh = Command::new("ip").args(["neigh", "show"]).output().unwrap();
+            panic!("connect: {e}\nneighbours:\n{}", String::from_utf8_lossy(&neigh.stdout));
+        }
+    };
     let mut out = String::new();
     let mut report = |k: &str, v: String| out.push_str(&format!("{k}={v}\n"));
     let ready = || std::fs::write(var("FILEMR_PEER_READY"), b"").unwrap();
@@ -244,8 +251,11 @@ fn silent(client: &LayoutClient, report: &mut impl FnMut(&str, String), ready: i
     let ev = wait_for(client, "RECALL", |e| matches!(e, LayoutEvent::Recalled { .. }));
     let LayoutEvent::Recalled { deadline, .. } = ev else { unreachable!() };
     if var("FILEMR_PEER_MODE") == "fence" {
-        wait_for(client, "LOST", |e| matches!(e, LayoutEvent::Lost { .. }));
-        report("after_lost", status(layout.write(8192, &[0xEE; 4096])));
+        let lost = wait_for(client, "LOST", |e| matches!(e, LayoutEvent::Lost { .. }));
+        report("lost", format!("{lost:?}"));
+        report("library_after_lost", status(layout.write(8192, &[0xEE; 4096])));
+        // The key itself is dead, not just refused by this library.
+        report("after_lost", status(layout.write_unchecked(8192, &[0xEE; 4096])));
     } else {
         std::thread::sleep(deadline + Duration::from_millis(300));
         report("after_deadline", status(layout.write(8192, &crate::guest::pattern(4096, 2))));
@@ -406,6 +416,8 @@ pub fn silent_peer(mode: &str) {
             ex.name
         ));
         if mode == "fence" {
+            assert!(r["lost"].contains("Revoked"), "{}: the peer is told: {}", ex.name, r["lost"]);
+            assert!(r["library_after_lost"].contains("lost"), "{}: {}", ex.name, r["library_after_lost"]);
             assert_eq!(r["after_lost"], "remote_access", "{}: a fenced key fails", ex.name);
         } else {
             assert_eq!(r["after_deadline"], "ok", "{}: a retargeted key sees no error", ex.name);

@@ -18,7 +18,8 @@ const USAGE: &str = "usage: cargo xtask <test|demo|bench> [--kernel bookworm|tri
   demo   boot the guests and print device capabilities and the registration matrix\n\
   bench  run the benchmarks on the host and in the guests\n\
   --kernel ID    only this guest kernel (repeatable)\n\
-  --guests-only  test: skip fmt, clippy and host tests (for iterating on guest tests)";
+  --guests-only  test: skip fmt, clippy and host tests (for iterating on guest tests)\n\
+  --only PREFIX  test: only the guest test binaries whose name starts with PREFIX (repeatable)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -27,7 +28,22 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let guests_only = args.iter().any(|a| a == "--guests-only");
-    let rest: Vec<String> = args[1..].iter().filter(|a| *a != "--guests-only").cloned().collect();
+    let mut only = Vec::new();
+    let mut rest: Vec<String> = Vec::new();
+    let mut it = args[1..].iter().filter(|a| *a != "--guests-only");
+    while let Some(a) = it.next() {
+        if a == "--only" {
+            match it.next() {
+                Some(p) => only.push(p.clone()),
+                None => {
+                    eprintln!("xtask: --only needs a value\n{USAGE}");
+                    return ExitCode::from(2);
+                }
+            }
+        } else {
+            rest.push(a.clone());
+        }
+    }
     let kernels = match guest::kernels::select(&rest) {
         Ok(k) => k,
         Err(e) => {
@@ -36,7 +52,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cmd.as_str() {
-        "test" => test(&kernels, guests_only),
+        "test" => test(&kernels, guests_only, &only),
         "demo" => demo(&kernels),
         "bench" => bench(&kernels, guests_only),
         _ => {
@@ -56,7 +72,11 @@ fn main() -> ExitCode {
 
 type Result<T> = std::result::Result<T, String>;
 
-fn test(kernels: &[&'static guest::kernels::KernelSpec], guests_only: bool) -> Result<bool> {
+fn test(
+    kernels: &[&'static guest::kernels::KernelSpec],
+    guests_only: bool,
+    only: &[String],
+) -> Result<bool> {
     packages::ensure()?;
     let mut total = Tally::default();
     if !guests_only {
@@ -70,7 +90,13 @@ fn test(kernels: &[&'static guest::kernels::KernelSpec], guests_only: bool) -> R
         total.add(&host);
     }
     util::step("building integration tests for the guests");
-    let bins = cargo::integration_test_binaries()?;
+    let mut bins = cargo::integration_test_binaries()?;
+    if !only.is_empty() {
+        bins.retain(|(name, _)| only.iter().any(|p| name.starts_with(p.as_str())));
+        if bins.is_empty() {
+            return Err(format!("no guest test binary starts with any of {only:?}"));
+        }
+    }
     for k in kernels {
         let run = guest::run_tests(k, &bins)?;
         println!(

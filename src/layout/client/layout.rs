@@ -83,6 +83,22 @@ impl Layout {
         self.io(offset, Data::Write(data))
     }
 
+    /// RDMA WRITE `data` at `offset` with the layout's last key, whatever the client
+    /// thinks of the layout (recalled, lost): for tests that a server really fenced a key.
+    pub fn write_unchecked(&self, offset: u64, data: &[u8]) -> Result<(), LayoutError> {
+        let desc = {
+            let mut st = self.inner.state.lock();
+            let Some(h) = st.layouts.get_mut(&self.id) else {
+                return Err(LayoutError::Lost { layout: self.id, reason: LostCode::Other });
+            };
+            h.in_flight += 1;
+            h.desc
+        };
+        let r = self.io_chunks(&desc, offset, &mut Data::Write(data));
+        self.leave(offset, data.len() as u64, false);
+        r
+    }
+
     /// RDMA READ `buf.len()` bytes at `offset` of the layout into `buf`.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), LayoutError> {
         self.io(offset, Data::Read(buf))
@@ -92,7 +108,12 @@ impl Layout {
         let len = data.len() as u64;
         let desc = self.enter(offset, len)?;
         let r = self.io_chunks(&desc, offset, &mut data);
-        let wrote = matches!(data, Data::Write(_)) && r.is_ok();
+        self.leave(offset, len, matches!(data, Data::Write(_)) && r.is_ok());
+        r
+    }
+
+    /// Counts a transfer out; records what it wrote as dirty.
+    fn leave(&self, offset: u64, len: u64, wrote: bool) {
         let mut st = self.inner.state.lock();
         if let Some(h) = st.layouts.get_mut(&self.id) {
             h.in_flight -= 1;
@@ -101,7 +122,6 @@ impl Layout {
             }
         }
         self.inner.cv.notify_all();
-        r
     }
 
     /// Waits until the layout may be used, checks the range, counts the transfer in.
