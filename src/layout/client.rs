@@ -142,6 +142,16 @@ pub(crate) struct Held {
     pub(crate) dirty: Vec<(u64, u64)>,
 }
 
+/// A return answering a recall, waiting for its reply (the poller reports it).
+#[derive(Debug)]
+pub(crate) struct PendingReturn {
+    pub(crate) layout: u64,
+    /// Ranges committed just before.
+    pub(crate) committed: Vec<(u64, u64)>,
+    /// Why the commit failed, if it did.
+    pub(crate) error: Option<String>,
+}
+
 /// Everything the poller and the callers share, under one lock.
 #[derive(Debug, Default)]
 pub(crate) struct State {
@@ -150,8 +160,8 @@ pub(crate) struct State {
     pub(crate) layouts: HashMap<u64, Held>,
     pub(crate) events: VecDeque<LayoutEvent>,
     pub(crate) closed: Option<String>,
-    /// Returns answering a recall, by request id: (layout, ranges committed, commit error).
-    pub(crate) returns: HashMap<u64, (u64, Vec<(u64, u64)>, Option<String>)>,
+    /// Returns answering a recall, by request id.
+    pub(crate) returns: HashMap<u64, PendingReturn>,
     /// Requests waiting for their reply (replies to others are dropped).
     pub(crate) pending: std::collections::HashSet<u64>,
     /// Transfers waiting for their completion.

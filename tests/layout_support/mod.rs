@@ -61,18 +61,18 @@ impl PeerProc {
             ["peer-out", "peer-err", "peer-ready"].map(|t| crate::guest::unique_path(&tmp, t));
         let mut cmd = Command::new(std::env::current_exe().unwrap());
         cmd.args([
-                "layout_support::peer_reexec_entry",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("FILEMR_PEER_SCRIPT", script)
-            .env("FILEMR_LAYOUT_SERVER", server.to_string())
-            .env("FILEMR_PEER_OUT", &out)
-            .env("FILEMR_PEER_READY", &ready)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&err).unwrap());
+            "layout_support::peer_reexec_entry",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("FILEMR_PEER_SCRIPT", script)
+        .env("FILEMR_LAYOUT_SERVER", server.to_string())
+        .env("FILEMR_PEER_OUT", &out)
+        .env("FILEMR_PEER_READY", &ready)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err).unwrap());
         for (k, v) in vars {
             cmd.env(format!("FILEMR_PEER_{k}"), v);
         }
@@ -417,7 +417,12 @@ pub fn silent_peer(mode: &str) {
         ));
         if mode == "fence" {
             assert!(r["lost"].contains("Revoked"), "{}: the peer is told: {}", ex.name, r["lost"]);
-            assert!(r["library_after_lost"].contains("lost"), "{}: {}", ex.name, r["library_after_lost"]);
+            assert!(
+                r["library_after_lost"].contains("lost"),
+                "{}: {}",
+                ex.name,
+                r["library_after_lost"]
+            );
             assert_eq!(r["after_lost"], "remote_access", "{}: a fenced key fails", ex.name);
         } else {
             assert_eq!(r["after_deadline"], "ok", "{}: a retargeted key sees no error", ex.name);

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::super::link::DATA;
 use super::super::wire::{LayoutDesc, LostCode, MAX_RANGES, Message};
-use super::{Inner, LayoutError, Phase, RecallPolicy};
+use super::{Inner, LayoutError, PendingReturn, Phase, RecallPolicy};
 use crate::verbs::{RemoteBuf, WcStatus};
 
 /// A layout: a file range of the server's, reachable one-sided through its key. Dropping
@@ -294,11 +294,11 @@ fn commit(inner: &Inner, id: u64) -> Result<Vec<(u64, u64)>, LayoutError> {
 fn commit_and_return(inner: &Inner, id: u64) -> Result<Vec<(u64, u64)>, LayoutError> {
     let committed = commit(inner, id);
     let request = inner.new_request();
-    let (ranges, error) = match &committed {
-        Ok(c) => (c.clone(), None),
-        Err(e) => (Vec::new(), Some(e.to_string())),
+    let pending = match &committed {
+        Ok(c) => PendingReturn { layout: id, committed: c.clone(), error: None },
+        Err(e) => PendingReturn { layout: id, committed: Vec::new(), error: Some(e.to_string()) },
     };
-    inner.state.lock().returns.insert(request, (id, ranges, error));
+    inner.state.lock().returns.insert(request, pending);
     let returned = inner.call_as(request, Message::ReturnRequest { layout: id });
     inner.state.lock().returns.remove(&request);
     let committed = committed?;

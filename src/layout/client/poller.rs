@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::super::link::Completion;
 use super::super::wire::{Frame, Message};
-use super::{Inner, LayoutEvent, Phase, RecallPolicy, layout};
+use super::{Inner, LayoutEvent, PendingReturn, Phase, RecallPolicy, layout};
 use crate::verbs::CmEventKind;
 
 /// Sleep when nobody waits for anything.
@@ -126,7 +126,9 @@ fn on_frame(inner: &std::sync::Arc<Inner>, bytes: &[u8]) {
             inner.push_event(&mut st, LayoutEvent::Lost { layout, reason });
         }
         _ if st.pending.contains(&frame.request) => {
-            if let Some((layout, committed, error)) = st.returns.remove(&frame.request) {
+            if let Some(PendingReturn { layout, committed, error }) =
+                st.returns.remove(&frame.request)
+            {
                 let returned = frame.message == Message::Returned;
                 let error = match returned {
                     true => error,
