@@ -69,7 +69,23 @@ fn unreturned_grant_is_retargeted_to_scratch_and_rebound_after_the_rebuild() {
         assert_eq!((g.state(), g.info().rkey, g.info().generation), (GrantState::Active, key, 2));
         let (st, got) = peer.read_from(&g, 0, LEN);
         assert_eq!(st, WcStatus::Success);
-        assert!(got == b, "{fs}: the rebound key does not read the file's new bytes");
+        if got != b {
+            let first = got.iter().zip(&b).position(|(x, y)| x != y).unwrap();
+            let differ = got.iter().zip(&b).filter(|(x, y)| x != y).count();
+            let like = |want: &[u8]| got[first..first + 64] == want[first..first + 64];
+            panic!(
+                "{fs}: the rebound key does not read the file's new bytes: {differ} bytes differ \
+                 from offset {first}; there it reads {:?}... (like the old content: {}, zeros: {}, \
+                 the retargeted write: {}); the file now {:?}...",
+                &got[first..first + 16],
+                like(&before),
+                got[first..first + 64].iter().all(|x| *x == 0),
+                first >= 8192
+                    && first + 64 <= 8192 + 65536
+                    && got[first..first + 64] == x[first - 8192..first - 8192 + 64],
+                &std::fs::read(&src).unwrap()[first..first + 16],
+            );
+        }
         let c = pattern(4096, 3);
         assert_eq!(peer.write_to(&g, 4096, &c), WcStatus::Success);
         region.commit(4096..8192).unwrap();

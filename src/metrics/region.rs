@@ -4,7 +4,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
 
 /// A label set: `(name, value)` pairs.
 pub type Labels = Vec<(&'static str, String)>;
@@ -21,6 +21,11 @@ pub struct RegionMetrics {
     pub revocations: Family<Labels, Counter>,
     /// Seconds from a lease break's arrival to the lease's release.
     pub revocation_seconds: Histogram,
+    /// Seconds a region's rebuild took (map, register at the old address, rebind the
+    /// grants), once its lease was back.
+    pub rebuild_seconds: Histogram,
+    /// Seconds a successful registration took (lease, probe, map, register).
+    pub registration_seconds: Histogram,
     /// Regions rebuilt after their lease came back, by `strategy`.
     pub rebuilds: Family<Labels, Counter>,
     /// Regions lost for good, by `reason`.
@@ -45,6 +50,8 @@ impl RegionMetrics {
             registered_bytes: Family::default(),
             revocations: Family::default(),
             revocation_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 18)),
+            rebuild_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 20)),
+            registration_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 20)),
             rebuilds: Family::default(),
             lost: Family::default(),
             guard_refusals: Family::default(),
@@ -54,9 +61,10 @@ impl RegionMetrics {
         };
         let r = registry.sub_registry_with_prefix("filemr_region");
         r.register("regions", "Regions by strategy and state", m.regions.clone());
-        r.register(
-            "registered_bytes",
+        r.register_with_unit(
+            "registered",
             "Bytes registered as memory regions, by strategy",
+            Unit::Bytes,
             m.registered_bytes.clone(),
         );
         r.register(
@@ -64,10 +72,23 @@ impl RegionMetrics {
             "Region revocations by reason and whether they were forced",
             m.revocations.clone(),
         );
-        r.register(
-            "revocation_seconds",
+        r.register_with_unit(
+            "revocation",
             "Time from a lease break to the lease's release",
+            Unit::Seconds,
             m.revocation_seconds.clone(),
+        );
+        r.register_with_unit(
+            "rebuild",
+            "Time a region's rebuild took once its lease was back",
+            Unit::Seconds,
+            m.rebuild_seconds.clone(),
+        );
+        r.register_with_unit(
+            "registration",
+            "Time a successful registration took",
+            Unit::Seconds,
+            m.registration_seconds.clone(),
         );
         r.register("rebuilds", "Regions rebuilt after their lease came back", m.rebuilds.clone());
         r.register("lost", "Regions lost for good, by reason", m.lost.clone());

@@ -209,8 +209,12 @@ pub(crate) fn rebuild_file(mgr: &Arc<ManagerInner>, file: FileId) {
             continue;
         }
         r.set_state(mgr, &mut slot, RegionState::Rebuilding);
+        let started = Instant::now();
         match rebuild_one(mgr, &r, &mut slot) {
-            Ok(()) => rebind_grants(mgr, &r, &mut slot),
+            Ok(()) => {
+                rebind_grants(mgr, &r, &mut slot);
+                mgr.metrics.rebuild_seconds.observe(started.elapsed().as_secs_f64());
+            }
             Err(reason) => lose(mgr, &r, &mut slot, reason),
         }
     }

@@ -170,7 +170,11 @@ impl Manager {
         access: Access,
     ) -> Result<Region, RegionError> {
         let path = path.as_ref();
+        let started = std::time::Instant::now();
         let r = self.register_inner(path, offset, len, access);
+        if r.is_ok() {
+            self.inner.metrics.registration_seconds.observe(started.elapsed().as_secs_f64());
+        }
         if let Err(e) = &r {
             RegionMetrics::count(
                 &self.inner.metrics.registration_failures,

@@ -38,7 +38,8 @@ static SHARED: LazyLock<Shared> = LazyLock::new(|| {
     // filemr's logs on stderr (FILEMR_LOG, default info): they land in the test's log.
     let filter = tracing_subscriber::EnvFilter::try_from_env("FILEMR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("filemr=info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
     let env = GuestEnv::get();
     let mut registry = Registry::default();
     let _enter = RT.enter();
