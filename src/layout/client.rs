@@ -362,7 +362,8 @@ impl LayoutClient {
         Ok(LayoutClient { inner, poller: Some(poller) })
     }
 
-    /// Gets a layout of `len` bytes at `offset` of `path` (`export/relative/path`).
+    /// Gets a layout of `len` bytes at `offset` of `path` (`export/relative/path`); `len`
+    /// 0 asks for the rest of the file (the layout's [`Layout::desc`] says how much).
     pub fn get(
         &self,
         path: &str,

@@ -40,6 +40,8 @@ pub(crate) struct Resolved {
     pub(crate) path: PathBuf,
     /// The file that path named when it was resolved beneath the root.
     pub(crate) file: FileId,
+    /// Its size then.
+    pub(crate) size: u64,
 }
 
 /// A refusal: errno and what to log.
@@ -126,6 +128,7 @@ impl Exports {
             export: index,
             path: export.root.join(&rel),
             file: FileId { dev: st.st_dev, ino: st.st_ino },
+            size: u64::try_from(st.st_size).unwrap_or(0),
         })
     }
 }

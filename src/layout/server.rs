@@ -59,9 +59,23 @@ impl ServerConfig {
     }
 }
 
+/// What the owner asks of the server thread.
+#[derive(Default)]
+struct Control {
+    /// Exports to serve from now on (SIGHUP in the daemon).
+    exports: Option<Exports>,
+    /// Recall every layout and give peers until then to return them.
+    drain: Option<Instant>,
+    /// Set by the thread when a drain finished: (layouts returned, layouts lost).
+    drained: Option<(usize, usize)>,
+}
+
+type Shared = Arc<(parking_lot::Mutex<Control>, parking_lot::Condvar)>;
+
 /// A running layout server; stops (peers told LOST, layouts dropped, connections
 /// closed) on [`LayoutServer::shutdown`] or drop.
 pub struct LayoutServer {
+    control: Shared,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     local: SocketAddr,
@@ -99,7 +113,11 @@ impl LayoutServer {
         }
         let metrics = LayoutMetrics::new(registry);
         let stop = Arc::new(AtomicBool::new(false));
+        let control: Shared = Arc::default();
         let mut server = Server {
+            control: control.clone(),
+            draining: None,
+            closing: false,
             events: mgr.events(),
             mgr,
             exports,
@@ -119,7 +137,35 @@ impl LayoutServer {
             })
             .map_err(|e| LayoutError::Config(format!("spawning the server thread: {e}")))?;
         tracing::info!(%local, "layout server listening");
-        Ok(LayoutServer { stop, thread: Some(thread), local, metrics })
+        Ok(LayoutServer { control, stop, thread: Some(thread), local, metrics })
+    }
+
+    /// Serves `exports` from now on (layouts already granted stay). Refused, and nothing
+    /// changes, when one of them is invalid.
+    pub fn set_exports(&self, exports: &[Export]) -> Result<(), LayoutError> {
+        let opened = Exports::open(exports)?;
+        self.control.0.lock().exports = Some(opened);
+        Ok(())
+    }
+
+    /// Recalls every layout and waits until the peers returned them all or `grace`
+    /// passed; then the remaining ones are lost (`Shutdown`) and every connection closed.
+    /// New layouts are refused (`ESHUTDOWN`) from the start. Returns how many layouts
+    /// were returned and how many lost.
+    pub fn drain(&self, grace: Duration) -> (usize, usize) {
+        let (lock, cv) = &*self.control;
+        let mut c = lock.lock();
+        c.drain = Some(Instant::now() + grace);
+        c.drained = None;
+        loop {
+            if let Some(done) = c.drained {
+                return done;
+            }
+            if self.thread.as_ref().is_none_or(|t| t.is_finished()) {
+                return (0, 0);
+            }
+            cv.wait_for(&mut c, Duration::from_millis(50));
+        }
     }
 
     /// The address peers connect to.
@@ -172,6 +218,11 @@ struct Held {
 }
 
 struct Server {
+    control: Shared,
+    /// A drain under way: its deadline and how many layouts it started with.
+    draining: Option<(Instant, usize)>,
+    /// A drain started: new layouts are refused for good.
+    closing: bool,
     mgr: Manager,
     exports: Exports,
     cfg: ServerConfig,
@@ -234,6 +285,7 @@ impl Server {
                     }
                 }
             }
+            busy |= self.follow_control();
             if !busy {
                 // Wakes early for CM events; completions and region events wait up to IDLE.
                 match self.channel.next(IDLE) {
@@ -244,6 +296,45 @@ impl Server {
             }
         }
         self.close_all();
+    }
+
+    /// Applies new exports, starts and finishes drains; whether anything happened.
+    fn follow_control(&mut self) -> bool {
+        let control = self.control.clone();
+        let (lock, cv) = &*control;
+        let mut c = lock.lock();
+        let mut acted = false;
+        if let Some(exports) = c.exports.take() {
+            self.exports = exports;
+            tracing::info!("exports reloaded");
+            acted = true;
+        }
+        if let Some(until) = c.drain.take() {
+            let deadline_ms =
+                u64::try_from(until.saturating_duration_since(Instant::now()).as_millis())
+                    .unwrap_or(u64::MAX);
+            let held: Vec<(u64, usize)> = self.layouts.iter().map(|(l, h)| (*l, h.conn)).collect();
+            tracing::info!(layouts = held.len(), "draining: recalling every layout");
+            for (layout, conn) in &held {
+                self.metrics.notice("recall");
+                let message = Message::Recall { layout: *layout, deadline_ms };
+                self.send(*conn, Frame { request: 0, status: 0, message });
+            }
+            self.draining = Some((until, held.len()));
+            self.closing = true;
+            acted = true;
+        }
+        if let Some((until, started)) = self.draining
+            && (self.layouts.is_empty() || Instant::now() >= until)
+        {
+            let lost = self.layouts.len();
+            self.close_all();
+            self.draining = None;
+            c.drained = Some((started.saturating_sub(lost), lost));
+            cv.notify_all();
+            acted = true;
+        }
+        acted
     }
 
     fn on_cm(&mut self, ev: CmEvent) {
@@ -420,12 +511,17 @@ impl Server {
             WireAccess::Write => Access::Write,
             WireAccess::ReadWrite => Access::ReadWrite,
         };
+        if self.closing {
+            return Err((Errno::ESHUTDOWN, "the server is shutting down".into()));
+        }
         let held = self.conns.get(&key).map_or(0, |c| c.layouts.len());
         if held >= self.cfg.max_layouts_per_connection {
             return Err((Errno::EMFILE, format!("{held} layouts held already")));
         }
-        let len = usize::try_from(len).map_err(|_| (Errno::EINVAL, format!("length {len}")))?;
         let resolved = self.exports.resolve(path, access)?;
+        // Length 0 asks for the rest of the file.
+        let len = if len == 0 { resolved.size.saturating_sub(offset) } else { len };
+        let len = usize::try_from(len).map_err(|_| (Errno::EINVAL, format!("length {len}")))?;
         let refuse = |e: RegionError| (e.errno(), e.to_string());
         let region = self.mgr.register(&resolved.path, offset, len, access).map_err(refuse)?;
         if region.file_id() != resolved.file {
