@@ -66,9 +66,13 @@ fn artifacts(args: &[&str], kind: &str) -> Result<Vec<(String, PathBuf)>> {
         .collect())
 }
 
-/// Built integration test executables (`tests/*.rs`), as (name, path).
+/// Built integration test executables (`tests/*.rs` of the library and of filemrd), as
+/// (name, path).
 pub fn integration_test_binaries() -> Result<Vec<(String, PathBuf)>> {
-    artifacts(&["test", "--no-run", "--tests", "--package", "filemr"], "test")
+    artifacts(
+        &["test", "--no-run", "--tests", "--package", "filemr", "--package", "filemrd"],
+        "test",
+    )
 }
 
 /// Built benchmark executables (`benches/*.rs`, `harness = false`), as (name, path).
