@@ -599,6 +599,15 @@ impl Server {
     }
 
     fn on_region_event(&mut self, region: u64, kind: RegionEventKind) {
+        if self.layouts.values().any(|h| h.region.id() == region) {
+            match &kind {
+                RegionEventKind::Recall { grant, deadline } => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    tracing::info!(region, grant, deadline_in = ?left, "region event: Recall");
+                }
+                other => tracing::info!(region, event = ?other, "region event"),
+            }
+        }
         match kind {
             RegionEventKind::Recall { grant, deadline } => {
                 let Some(h) = self.layouts.get(&grant) else { return };

@@ -75,14 +75,19 @@ pub fn integration_test_binaries() -> Result<Vec<(String, PathBuf)>> {
     )
 }
 
+/// Build `package`'s binaries (the demo runs filemrd and filemr).
+pub fn build_bins(package: &str) -> Result<()> {
+    run(&["build", "--package", package, "--bins"])
+}
+
 /// Built benchmark executables (`benches/*.rs`, `harness = false`), as (name, path).
 pub fn bench_binaries() -> Result<Vec<(String, PathBuf)>> {
     artifacts(&["bench", "--no-run", "--benches", "--package", "filemr"], "bench")
 }
 
-/// Build one example and return its executable.
-pub fn example_binary(name: &str) -> Result<PathBuf> {
-    artifacts(&["build", "--example", name], "example")?
+/// Build one example of `package` and return its executable.
+pub fn example_binary(package: &str, name: &str) -> Result<PathBuf> {
+    artifacts(&["build", "--package", package, "--example", name], "example")?
         .into_iter()
         .find(|(n, _)| n == name)
         .map(|(_, p)| p)

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use filemr::layout::{ClientConfig, Layout, LayoutClient, LayoutError};
+use filemr::layout::{ClientConfig, Layout, LayoutClient, LayoutError, RecallPolicy};
 use filemr::region::Access;
 use filemrd::url::RdmaUrl;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -64,6 +64,23 @@ enum Cmd {
     Stat {
         /// rdma://host[:port]/export/path
         url: RdmaUrl,
+    },
+    /// Hold a read-write layout of the whole file and write a counter through it
+    /// (record i, a u64, at 8 * i, cycling) for a while, printing what happens to the
+    /// layout (recall, return, availability, loss) as it happens; commit at the end.
+    Hold {
+        /// rdma://host[:port]/export/path
+        url: RdmaUrl,
+        /// How long.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Milliseconds between writes.
+        #[arg(long, default_value_t = 10)]
+        interval_ms: u64,
+        /// Never answer recalls (a peer that ignores its server: to see fencing and
+        /// retargeting at work).
+        #[arg(long)]
+        silent: bool,
     },
     /// Measure RDMA WRITE and READ throughput through a layout of the file.
     Bench {
@@ -139,11 +156,15 @@ fn run(args: Args) -> Result<(), String> {
         Cmd::Get { url, .. }
         | Cmd::Put { url, .. }
         | Cmd::Stat { url }
+        | Cmd::Hold { url, .. }
         | Cmd::Bench { url, .. } => url.clone(),
     };
     let mut cfg = ClientConfig::new(device, url.server);
     cfg.source = args.source;
     cfg.timeout = Duration::from_secs(args.timeout);
+    if let Cmd::Hold { silent: true, .. } = args.cmd {
+        cfg.recall = RecallPolicy::Manual;
+    }
     let client = LayoutClient::connect(cfg).map_err(|e| explain(&e, &url.path))?;
     let why = |e: LayoutError| explain(&e, &url.path);
     match args.cmd {
@@ -194,6 +215,18 @@ fn run(args: Args) -> Result<(), String> {
             layout.give_back().map_err(why)?;
             eprintln!("{}: {} bytes written at {offset} and committed", url.path, data.len());
         }
+        Cmd::Hold { seconds, interval_ms, .. } => {
+            let layout = client.get(&url.path, 0, 0, Access::ReadWrite).map_err(why)?;
+            hold(&client, &layout, seconds, interval_ms);
+            if let Some(reason) = layout.lost() {
+                println!("{} layout lost ({reason:?}): nothing to commit", stamp());
+                return Ok(());
+            }
+            match layout.commit() {
+                Ok(_) => println!("{} committed", stamp()),
+                Err(e) => println!("{} commit failed: {}", stamp(), explain(&e, &url.path)),
+            }
+        }
         Cmd::Bench { block, seconds, .. } => {
             let layout = client.get(&url.path, 0, 0, Access::ReadWrite).map_err(why)?;
             let size = layout.desc().ok_or("layout lost")?.len;
@@ -211,6 +244,42 @@ fn run(args: Args) -> Result<(), String> {
     }
     client.close();
     Ok(())
+}
+
+/// Seconds since the epoch, with microseconds: the time stamp of `hold`'s lines.
+fn stamp() -> String {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    format!("{}.{:06}", t.as_secs(), t.subsec_micros())
+}
+
+/// `hold`: write the counter, print events and the first failure of each kind.
+fn hold(client: &LayoutClient, layout: &Layout, seconds: u64, interval_ms: u64) {
+    let started = Instant::now();
+    let (mut ok, mut failed, mut last_error) = (0u64, 0u64, String::new());
+    let mut i = 0u64;
+    println!("{} holding layout {} {:?}", stamp(), layout.id(), layout.desc());
+    while started.elapsed() < Duration::from_secs(seconds) {
+        let records = layout.desc().map_or(0, |d| d.len / 8);
+        if records > 0 {
+            match layout.write(8 * (i % records), &(i + 1).to_le_bytes()) {
+                Ok(()) => ok += 1,
+                Err(e) => {
+                    failed += 1;
+                    let msg = e.to_string();
+                    if msg != last_error {
+                        println!("{} write {i} failed: {msg}", stamp());
+                        last_error = msg;
+                    }
+                }
+            }
+            i += 1;
+        }
+        while let Some(ev) = client.next_event(Duration::ZERO) {
+            println!("{} {ev:?}", stamp());
+        }
+        std::thread::sleep(Duration::from_millis(interval_ms));
+    }
+    println!("{} writes: {ok} ok, {failed} failed", stamp());
 }
 
 /// MiB/s of `op` over `seconds`, cycling through the layout.

@@ -77,6 +77,15 @@ impl Layout {
         self.inner.state.lock().layouts.get(&self.id).map(|h| h.desc)
     }
 
+    /// Why the server gave the layout up, if it did.
+    pub fn lost(&self) -> Option<LostCode> {
+        match self.inner.state.lock().layouts.get(&self.id).map(|h| h.phase) {
+            Some(Phase::Lost(reason)) => Some(reason),
+            Some(_) => None,
+            None => Some(LostCode::Other),
+        }
+    }
+
     /// RDMA WRITE `data` at `offset` of the layout, waiting for the completion. Under
     /// [`RecallPolicy::Cooperate`] it first waits while the layout is recalled.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), LayoutError> {
