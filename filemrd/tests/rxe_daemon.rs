@@ -344,3 +344,119 @@ fn filemrd_serves_reloads_reports_and_drains() {
         "the write committed on the recall is in the file"
     );
 }
+
+/// Restores the system's lease-break-time on drop.
+struct BreakTime(String);
+
+impl BreakTime {
+    fn set(secs: u32) -> BreakTime {
+        let path = "/proc/sys/fs/lease-break-time";
+        let old = std::fs::read_to_string(path).unwrap();
+        std::fs::write(path, secs.to_string()).unwrap();
+        BreakTime(old.trim().to_string())
+    }
+}
+
+impl Drop for BreakTime {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/fs/lease-break-time", &self.0);
+    }
+}
+
+/// `filemr hold` in the background, its output in a file.
+fn hold(url: &str, out: &Path, silent: bool, seconds: u32) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_filemr"));
+    cmd.args(["--device", &var("FILEMR_PEER_DEVICE"), "--source", &var("FILEMR_PEER_ADDR")])
+        .args(["hold", url, "--seconds", &seconds.to_string(), "--interval-ms", "20"]);
+    if silent {
+        cmd.arg("--silent");
+    }
+    cmd.stdout(std::fs::File::create(out).unwrap()).stderr(Stdio::inherit()).spawn().unwrap()
+}
+
+fn wait_output(out: &Path, want: &str) {
+    wait_until(want, Duration::from_secs(60), || {
+        std::fs::read_to_string(out).is_ok_and(|t| t.contains(want))
+    });
+}
+
+#[test]
+#[ignore = "needs rxe0 (SoftRoCE) as root: cargo xtask test runs it in the qemu guests"]
+fn cli_peers_cooperate_or_get_fenced_and_read_only_exports_refuse_writes() {
+    const PORT2: u16 = 20050;
+    let dir = PathBuf::from(var("FILEMR_PAGECACHE_DIR"))
+        .join(format!("filemrd-cli-{}", std::process::id()));
+    let (data, ro) = (dir.join("data"), dir.join("ro"));
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(&ro).unwrap();
+    std::fs::write(data.join("f"), vec![0u8; 1 << 20]).unwrap();
+    std::fs::write(ro.join("g"), vec![1u8; 8192]).unwrap();
+    let cfg = dir.join("filemrd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "device = \"{}\"\nlisten = \"{}:{PORT2}\"\nmetrics = \"127.0.0.1:9465\"\nrevocation = \"fence\"\n\
+             [[export]]\nname = \"data\"\npath = \"{}\"\n[[export]]\nname = \"ro\"\npath = \"{}\"\nread_only = true\n",
+            var("FILEMR_SERVER_DEVICE"),
+            var("FILEMR_SERVER_ADDR"),
+            data.display(),
+            ro.display()
+        ),
+    )
+    .unwrap();
+    let notify = Notify::new(&dir);
+    let _daemon = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_filemrd"))
+            .arg("--config")
+            .arg(&cfg)
+            .env("NOTIFY_SOCKET", &notify.path)
+            .stderr(std::fs::File::create(dir.join("filemrd.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    notify.wait("READY=1");
+    let url2 = |p: &str| format!("rdma://{}:{PORT2}/{p}", var("FILEMR_SERVER_ADDR"));
+
+    // A read-only export refuses a write layout; reading it works.
+    let local = dir.join("local");
+    std::fs::write(&local, b"no").unwrap();
+    let out = cli(&["put", &url2("ro/g"), local.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("read-only"), "{err}");
+    let out = cli(&["stat", &url2("ro/g")]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("size 8192"), "{out:?}");
+
+    // A cooperative peer across a truncate: recalled, returned, available, no failed write.
+    let out1 = dir.join("hold-cooperative");
+    let mut peer = hold(&url2("data/f"), &out1, false, 6);
+    wait_output(&out1, "holding");
+    std::thread::sleep(Duration::from_millis(500));
+    {
+        let f = std::fs::OpenOptions::new().write(true).open(data.join("f")).unwrap();
+        f.set_len(1 << 19).unwrap();
+    }
+    assert!(peer.wait().unwrap().success());
+    let text = std::fs::read_to_string(&out1).unwrap();
+    for want in ["Recalled", "Returned", "generation: 2, len: 524288 }", " 0 failed", "committed"] {
+        assert!(text.contains(want), "cooperative hold: no {want:?} in\n{text}");
+    }
+
+    // A silent peer: fenced at the deadline; the breaker waits less than lease-break-time.
+    let _bt = BreakTime::set(3);
+    let out2 = dir.join("hold-silent");
+    let mut silent = hold(&url2("data/f"), &out2, true, 8);
+    wait_output(&out2, "holding");
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    drop(std::fs::OpenOptions::new().write(true).open(data.join("f")).unwrap());
+    let waited = t.elapsed();
+    assert!(waited < Duration::from_secs(3), "the breaker waited {waited:?}");
+    assert!(silent.wait().unwrap().success());
+    let text = std::fs::read_to_string(&out2).unwrap();
+    for want in ["Recalled", "Lost {", "reason: Revoked", "failed: layout", "nothing to commit"] {
+        assert!(text.contains(want), "silent hold: no {want:?} in\n{text}");
+    }
+    let f = std::fs::read(data.join("f")).unwrap();
+    assert_eq!(f.len(), 1 << 19);
+    assert_ne!(&f[..8], &[0u8; 8], "the cooperative peer's records are in the file");
+}

@@ -44,6 +44,11 @@ impl GrantMetrics {
             recall_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 20)),
             scratch: Family::default(),
         };
+        // Known label values at 0 from the start (see RegionMetrics).
+        for when in ["in_time", "late", "unrecalled"] {
+            let _ = m.returned.get_or_create(&vec![("when", when.to_string())]);
+        }
+        let _ = m.scratch.get_or_create(&vec![("backing", "repeated".to_string())]);
         let r = registry.sub_registry_with_prefix("filemr_grant");
         r.register("granted", "Grants (memory-window keys) made for peers", m.granted.clone());
         r.register("recalled", "Grants recalled because their lease broke", m.recalled.clone());

@@ -36,6 +36,16 @@ impl LayoutMetrics {
             connected: Gauge::default(),
             layouts: Gauge::default(),
         };
+        // Known label values at 0 from the start (errno results appear with their first
+        // refusal).
+        for op in ["recall", "available", "lost"] {
+            let _ = m.notices.get_or_create(&vec![("op", op.to_string())]);
+        }
+        for op in ["get", "commit", "return"] {
+            let _ = m
+                .requests
+                .get_or_create(&vec![("op", op.to_string()), ("result", "ok".to_string())]);
+        }
         let r = registry.sub_registry_with_prefix("filemr_layout");
         r.register("requests", "Layout requests answered, by op and result", m.requests.clone());
         r.register("notices", "Recalls, availabilities and losses sent", m.notices.clone());

@@ -59,6 +59,7 @@ impl RegionMetrics {
             registration_breaks: Counter::default(),
             commit_failures: Counter::default(),
         };
+        m.precreate();
         let r = registry.sub_registry_with_prefix("filemr_region");
         r.register("regions", "Regions by strategy and state", m.regions.clone());
         r.register_with_unit(
@@ -123,6 +124,33 @@ impl RegionMetrics {
         }
         if let Some(to) = to {
             self.regions.get_or_create(&state(strategy, to)).inc();
+        }
+    }
+
+    /// Creates every series whose labels are known in advance at 0, so that they are
+    /// exported from the start and `increase()` sees their first event. (`errno` labels
+    /// appear with their first failure.) The values mirror the `label()`s of
+    /// `Strategy`, `RegionState`, `RevokeReason` and `LostReason`.
+    fn precreate(&self) {
+        const STRATEGIES: [&str; 3] = ["odp", "pinned", "staging"];
+        const STATES: [&str; 5] = ["registered", "revoking", "revoked", "rebuilding", "lost"];
+        for strategy in STRATEGIES {
+            for st in STATES {
+                let _ = self.regions.get_or_create(&state(strategy, st));
+            }
+            let _ = self.registered_bytes.get_or_create(&vec![("strategy", strategy.to_string())]);
+            let _ = self.rebuilds.get_or_create(&vec![("strategy", strategy.to_string())]);
+        }
+        for reason in ["lease_broken", "kernel_forced"] {
+            for forced in ["true", "false"] {
+                let _ = self.revocations.get_or_create(&vec![
+                    ("reason", reason.to_string()),
+                    ("forced", forced.to_string()),
+                ]);
+            }
+        }
+        for reason in ["shrunk", "deleted", "lease_gone", "rebuild_failed", "commit_failed"] {
+            let _ = self.lost.get_or_create(&vec![("reason", reason.to_string())]);
         }
     }
 

@@ -86,6 +86,16 @@ pub fn registry() -> std::sync::MutexGuard<'static, Registry> {
     SHARED.registry.lock().unwrap()
 }
 
+/// The sum of the samples whose line starts with `series` (a name, or a name and the
+/// start of its labels), e.g. `filemr_region_rebuilds_total`.
+pub fn metric_sum(series: &str) -> f64 {
+    metrics_text()
+        .lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// The metrics, encoded.
 pub fn metrics_text() -> String {
     let mut s = String::new();

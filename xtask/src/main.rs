@@ -4,6 +4,7 @@
 //! tests inside SoftRoCE guests booted under qemu (TCG) with stock Debian kernels.
 
 mod cargo;
+mod deploy;
 mod guest;
 mod packages;
 mod summary;
@@ -15,7 +16,8 @@ use summary::Tally;
 
 const USAGE: &str = "usage: cargo xtask <test|demo|bench> [--kernel bookworm|trixie-bpo]... [--guests-only]\n\
   test   fmt + clippy + host tests, then integration tests in SoftRoCE guests\n\
-  demo   boot the guests and print device capabilities and the registration matrix\n\
+  demo   boot the guests; filemrd, peers and two lease breaks, with the timeline\n\
+         (--matrix: the device capabilities and the registration matrix instead)\n\
   bench  run the benchmarks on the host and in the guests\n\
   --kernel ID    only this guest kernel (repeatable)\n\
   --guests-only  test: skip fmt, clippy and host tests (for iterating on guest tests)\n\
@@ -28,9 +30,10 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let guests_only = args.iter().any(|a| a == "--guests-only");
+    let matrix = args.iter().any(|a| a == "--matrix");
     let mut only = Vec::new();
     let mut rest: Vec<String> = Vec::new();
-    let mut it = args[1..].iter().filter(|a| *a != "--guests-only");
+    let mut it = args[1..].iter().filter(|a| *a != "--guests-only" && *a != "--matrix");
     while let Some(a) = it.next() {
         if a == "--only" {
             match it.next() {
@@ -53,7 +56,7 @@ fn main() -> ExitCode {
     };
     let result = match cmd.as_str() {
         "test" => test(&kernels, guests_only, &only),
-        "demo" => demo(&kernels),
+        "demo" => demo(&kernels, matrix),
         "bench" => bench(&kernels, guests_only),
         _ => {
             eprintln!("{USAGE}");
@@ -84,6 +87,8 @@ fn test(
         cargo::run(&["fmt", "--all", "--check"])?;
         util::step("cargo clippy -- -D warnings");
         cargo::run(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+        util::step("deploy/: promtool check and test rules, systemd-analyze verify");
+        deploy::check()?;
         util::step("host tests");
         let host = cargo::host_tests()?;
         println!("host: {}", host.line());
@@ -111,10 +116,17 @@ fn test(
     Ok(total.failed == 0 && total.passed > 0)
 }
 
-fn demo(kernels: &[&'static guest::kernels::KernelSpec]) -> Result<bool> {
+/// The demo: filemrd, a cooperative and a silent peer, two breaks, the timeline; or,
+/// with `--matrix`, the device capabilities and the registration matrix.
+fn demo(kernels: &[&'static guest::kernels::KernelSpec], matrix: bool) -> Result<bool> {
     packages::ensure()?;
     util::step("building the demo");
-    let bin = cargo::example_binary("caps_matrix")?;
+    let bin = if matrix {
+        cargo::example_binary("filemr", "caps_matrix")?
+    } else {
+        cargo::build_bins("filemrd")?;
+        cargo::example_binary("filemrd", "demo")?
+    };
     let job = guest::Job { name: "demo", bin: &bin, args: &[] };
     let mut ok = true;
     for k in kernels {

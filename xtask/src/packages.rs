@@ -25,6 +25,12 @@ pub const PACKAGES: &[&str] = &[
     "iproute2",
     "libclang-dev",
     "pkg-config",
+    // promtool: `cargo xtask test` checks deploy/prometheus/filemr.rules.yml and runs its
+    // unit tests; the guests run the prometheus server itself to scrape filemrd.
+    "prometheus",
+    // /bin/kill, the ExecReload= of deploy/systemd/filemrd.service, which
+    // `systemd-analyze verify` requires to exist (minimal images lack it).
+    "procps",
 ];
 
 fn missing() -> Vec<&'static str> {
