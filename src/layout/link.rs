@@ -98,6 +98,11 @@ impl Link {
         posted
     }
 
+    /// Whether every frame sent has completed (its send slot is free again).
+    pub(crate) fn sends_done(&self) -> bool {
+        self.free.lock().len() == SEND_SLOTS
+    }
+
     /// Everything that completed since the last call; receive slots are reposted.
     pub(crate) fn poll(&self) -> VerbsResult<Vec<Completion>> {
         let mut out = Vec::new();

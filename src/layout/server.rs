@@ -29,6 +29,8 @@ use crate::verbs::{CmChannel, CmEvent, CmEventKind, CmId};
 
 /// Longest sleep of the server thread when nothing happened.
 const IDLE: Duration = Duration::from_millis(1);
+/// How long a closing connection's last frames get to leave.
+const LINGER: Duration = Duration::from_millis(200);
 
 /// What a layout server serves and how.
 #[derive(Debug, Clone)]
@@ -385,9 +387,17 @@ impl Server {
         }
     }
 
-    /// Drops a connection and every layout it holds.
+    /// Drops a connection and every layout it holds. Frames already sent (a reply, a
+    /// LOST) get up to [`LINGER`] to leave before the queue pair is destroyed.
     fn close(&mut self, key: usize, why: &str) {
         let Some(c) = self.conns.remove(&key) else { return };
+        let start = Instant::now();
+        while !c.link.sends_done() && start.elapsed() < LINGER {
+            if c.link.poll().is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
         tracing::info!(peer = %c.peer, why, layouts = c.layouts.len(), "peer connection closed");
         for l in &c.layouts {
             if self.layouts.remove(l).is_some() {

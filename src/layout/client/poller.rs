@@ -37,12 +37,6 @@ pub(super) fn run(weak: Weak<Inner>) {
 /// One pass over the CM channel and the completion queue; whether anything happened.
 fn step(inner: &std::sync::Arc<Inner>) -> bool {
     let mut progressed = false;
-    while let Ok(Some(ev)) = inner.channel.try_next() {
-        progressed = true;
-        if matches!(ev.kind, CmEventKind::Disconnected | CmEventKind::DeviceRemoval) {
-            close(inner, format!("{:?}", ev.kind));
-        }
-    }
     let done = match inner.link.poll() {
         Ok(d) => d,
         Err(e) => {
@@ -59,6 +53,20 @@ fn step(inner: &std::sync::Arc<Inner>) -> bool {
                 inner.cv.notify_all();
             }
             Completion::Broken(status) => close(inner, format!("queue pair failed: {status:?}")),
+        }
+    }
+    // After the frames: a reply that arrived before the server disconnected is filed first.
+    while let Ok(Some(ev)) = inner.channel.try_next() {
+        progressed = true;
+        if matches!(ev.kind, CmEventKind::Disconnected | CmEventKind::DeviceRemoval) {
+            let _ = inner.link.poll().map(|late| {
+                for d in late {
+                    if let Completion::Frame(bytes) = d {
+                        on_frame(inner, &bytes);
+                    }
+                }
+            });
+            close(inner, format!("{:?}", ev.kind));
         }
     }
     progressed
