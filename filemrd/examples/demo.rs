@@ -172,24 +172,11 @@ fn main() {
     println!(
         "1. a cooperative peer writes through a layout of the 2 MiB file; this process truncates it to 1 MiB"
     );
-    let mut peer = hold(&url, "6", false);
-    let peer_out = collect(peer.stdout.take().unwrap(), "peer");
-    wait_held(1);
-    std::thread::sleep(Duration::from_secs(1));
-    breaker(&file, Some(1 << 20), &mut events);
-    let _ = peer.wait();
-    events.extend(peer_out.join().unwrap_or_default());
-
+    scenario(&url, &file, "peer", Some(1 << 20), &mut events);
     println!(
         "2. a silent peer (never answers recalls) holds a layout; this process opens the file for writing"
     );
-    let mut silent = hold(&url, "9", true);
-    let silent_out = collect(silent.stdout.take().unwrap(), "silent");
-    wait_held(1);
-    std::thread::sleep(Duration::from_secs(1));
-    breaker(&file, None, &mut events);
-    let _ = silent.wait();
-    events.extend(silent_out.join().unwrap_or_default());
+    scenario(&url, &file, "silent", None, &mut events);
 
     let after = metrics();
     let _ = nix_kill(daemon.id());
@@ -205,6 +192,26 @@ fn main() {
         println!("{:>9.1}  {what}", (t - t0) * 1000.0);
     }
     println!("\nmetrics after:\n{after}");
+}
+
+/// A peer (`who`: "peer" cooperates, "silent" does not) holds a layout; once it does,
+/// this process breaks the lease (truncating to `size` if given); the peer's lines join
+/// `events`.
+fn scenario(
+    url: &str,
+    file: &Path,
+    who: &'static str,
+    size: Option<u64>,
+    events: &mut Vec<(f64, String)>,
+) {
+    let silent = who == "silent";
+    let mut peer = hold(url, if silent { "9" } else { "6" }, silent);
+    let out = collect(peer.stdout.take().unwrap(), who);
+    wait_held(1);
+    std::thread::sleep(Duration::from_secs(1));
+    breaker(file, size, events);
+    let _ = peer.wait();
+    events.extend(out.join().unwrap_or_default());
 }
 
 /// SIGTERM to the daemon (it recalls, releases and exits).

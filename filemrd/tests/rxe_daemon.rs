@@ -112,6 +112,19 @@ fn config(dir: &Path, exports: &[(&str, &Path)]) -> PathBuf {
     p
 }
 
+/// A test directory with two export directories: `data` holding `f` (1 MiB of zeros) and
+/// `second` holding `g` (8 KiB of `fill`).
+fn exports(tag: &str, second: &str, fill: u8) -> (PathBuf, PathBuf, PathBuf) {
+    let dir =
+        PathBuf::from(var("FILEMR_PAGECACHE_DIR")).join(format!("{tag}-{}", std::process::id()));
+    let (data, other) = (dir.join("data"), dir.join(second));
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(data.join("f"), vec![0u8; 1 << 20]).unwrap();
+    std::fs::write(other.join("g"), vec![fill; 8192]).unwrap();
+    (dir, data, other)
+}
+
 struct Daemon(Child);
 
 impl Drop for Daemon {
@@ -159,13 +172,7 @@ fn revocation_with_a_peer(file: &Path, path: &str, seed: u8) -> Vec<LayoutEvent>
 #[test]
 #[ignore = "needs rxe0 (SoftRoCE) as root: cargo xtask test runs it in the qemu guests"]
 fn filemrd_serves_reloads_reports_and_drains() {
-    let dir =
-        PathBuf::from(var("FILEMR_PAGECACHE_DIR")).join(format!("filemrd-{}", std::process::id()));
-    let (data, more) = (dir.join("data"), dir.join("more"));
-    std::fs::create_dir_all(&data).unwrap();
-    std::fs::create_dir_all(&more).unwrap();
-    std::fs::write(data.join("f"), vec![0u8; 1 << 20]).unwrap();
-    std::fs::write(more.join("g"), vec![7u8; 8192]).unwrap();
+    let (dir, data, more) = exports("filemrd", "more", 7);
 
     // Bad configurations are refused with the key and the line.
     let bad = dir.join("bad.toml");
@@ -384,13 +391,7 @@ fn wait_output(out: &Path, want: &str) {
 #[ignore = "needs rxe0 (SoftRoCE) as root: cargo xtask test runs it in the qemu guests"]
 fn cli_peers_cooperate_or_get_fenced_and_read_only_exports_refuse_writes() {
     const PORT2: u16 = 20050;
-    let dir = PathBuf::from(var("FILEMR_PAGECACHE_DIR"))
-        .join(format!("filemrd-cli-{}", std::process::id()));
-    let (data, ro) = (dir.join("data"), dir.join("ro"));
-    std::fs::create_dir_all(&data).unwrap();
-    std::fs::create_dir_all(&ro).unwrap();
-    std::fs::write(data.join("f"), vec![0u8; 1 << 20]).unwrap();
-    std::fs::write(ro.join("g"), vec![1u8; 8192]).unwrap();
+    let (dir, data, ro) = exports("filemrd-cli", "ro", 1);
     let cfg = dir.join("filemrd.toml");
     std::fs::write(
         &cfg,
