@@ -287,32 +287,63 @@ impl std::fmt::Debug for LayoutClient {
     }
 }
 
+/// Waits for `want` on `channel` for up to `timeout` (and a little more, so the CM's own
+/// error event for a step given `timeout` is seen rather than missed).
 fn wait_cm(
     channel: &CmChannel,
     want: CmEventKind,
-    cfg: &ClientConfig,
+    server: SocketAddr,
+    timeout: Duration,
     what: &'static str,
 ) -> Result<(), LayoutError> {
-    // A little past the CM's own timeout, so its error event is seen rather than missed.
-    let deadline = Instant::now() + cfg.timeout + Duration::from_secs(1);
+    let deadline = Instant::now() + timeout + Duration::from_secs(1);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(LayoutError::Timeout {
-                peer: cfg.server.to_string(),
-                what,
-                timeout: cfg.timeout,
-            });
+            return Err(LayoutError::Timeout { peer: server.to_string(), what, timeout });
         }
         let ev = channel
             .next(left)
-            .map_err(|source| LayoutError::Verbs { peer: cfg.server.to_string(), source })?;
+            .map_err(|source| LayoutError::Verbs { peer: server.to_string(), source })?;
         match ev {
             Some(ev) if ev.kind == want => return Ok(()),
-            Some(ev) => {
-                return Err(LayoutError::Connect { server: cfg.server, what, status: ev.status });
-            }
+            Some(ev) => return Err(LayoutError::Connect { server, what, status: ev.status }),
             None => {}
+        }
+    }
+}
+
+/// Address and route resolution attempts: a lost ARP exchange fails one attempt, not the
+/// connection.
+const RESOLVE_TRIES: u32 = 3;
+
+/// A CM identifier with the server's address and route resolved.
+fn resolve(channel: &CmChannel, cfg: &ClientConfig) -> Result<CmId, LayoutError> {
+    let verbs = |source: VerbsError| LayoutError::Verbs { peer: cfg.server.to_string(), source };
+    let step = cfg.timeout.min(Duration::from_secs(3));
+    let src = cfg.source.map(|ip| SocketAddr::new(ip, 0));
+    let mut attempt = 1;
+    loop {
+        let id = CmId::new(channel).map_err(verbs)?;
+        let resolved = id
+            .resolve_addr(src, cfg.server, step)
+            .map_err(verbs)
+            .and_then(|()| {
+                wait_cm(channel, CmEventKind::AddrResolved, cfg.server, step, "address resolution")
+            })
+            .and_then(|()| id.resolve_route(step).map_err(verbs))
+            .and_then(|()| {
+                wait_cm(channel, CmEventKind::RouteResolved, cfg.server, step, "route resolution")
+            });
+        match resolved {
+            Ok(()) => return Ok(id),
+            Err(e @ (LayoutError::Connect { .. } | LayoutError::Timeout { .. }))
+                if attempt < RESOLVE_TRIES =>
+            {
+                tracing::info!(server = %cfg.server, attempt, error = %e, "resolution failed; trying again");
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
         }
     }
 }
@@ -325,16 +356,11 @@ impl LayoutClient {
         let ctx = Arc::new(Context::open(&cfg.device).map_err(verbs)?);
         let pd = ProtectionDomain::new(&ctx).map_err(verbs)?;
         let channel = CmChannel::new().map_err(verbs)?;
-        let id = CmId::new(&channel).map_err(verbs)?;
-        let src = cfg.source.map(|ip| SocketAddr::new(ip, 0));
-        id.resolve_addr(src, cfg.server, cfg.timeout).map_err(verbs)?;
-        wait_cm(&channel, CmEventKind::AddrResolved, &cfg, "address resolution")?;
-        id.resolve_route(cfg.timeout).map_err(verbs)?;
-        wait_cm(&channel, CmEventKind::RouteResolved, &cfg, "route resolution")?;
+        let id = resolve(&channel, &cfg)?;
         let link = Link::new(&pd).map_err(verbs)?;
         id.connect(&link.qp, &[]).map_err(verbs)?;
         link.post_receives().map_err(verbs)?;
-        wait_cm(&channel, CmEventKind::ConnectResponse, &cfg, "connection")?;
+        wait_cm(&channel, CmEventKind::ConnectResponse, cfg.server, cfg.timeout, "connection")?;
         id.establish(&link.qp).map_err(verbs)?;
         let len = cfg.buffer.max(4096);
         let buf = Arc::new(
