@@ -70,6 +70,74 @@ fn cooperative_peer_commits_returns_and_resumes_across_a_break() {
 
 #[test]
 #[ignore = "needs rxe0 (SoftRoCE) as root: cargo xtask test runs it in the qemu guests"]
+fn aligned_peers_get_zero_copy_odp_where_only_aligned_io_is_correct() {
+    CONFIGURE.get_or_init(|| server_device);
+    const ALEN: usize = 4 << 20;
+    let env = guest::GuestEnv::get();
+    let exports =
+        vec![export(&env.pagecache_dir, "apc", false), export(&env.dax_dir, "adax", false)];
+    let server = start_server(exports.clone());
+    let mut totals = Vec::new();
+    for ex in &exports {
+        let file = ex.root.join("aligned");
+        std::fs::write(&file, vec![0u8; ALEN]).unwrap();
+        let odp_before = region_support::metric_sum(
+            "filemr_region_regions{strategy=\"odp\",state=\"registered\"}",
+        );
+        let vars = [("PATH", format!("{}/aligned", ex.name)), ("LEN", ALEN.to_string())];
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut peer = PeerProc::spawn("aligned", server.local_addr(), &vars);
+        peer.wait_ready(WAIT);
+        let odp = region_support::metric_sum(
+            "filemr_region_regions{strategy=\"odp\",state=\"registered\"}",
+        ) - odp_before;
+        // ODP devices (6.18) misplace unaligned transfers, so unaligned peers get staging;
+        // a peer that promised 4 KiB alignment gets ODP in place. Without ODP (6.1) nothing
+        // changes.
+        let want = if env.expect_odp { 1.0 } else { 0.0 };
+        assert_eq!(odp, want, "{}: ODP regions for the aligned peer", ex.name);
+        let tmp = std::env::temp_dir();
+        let [before, stamp] = ["before", "stamp"].map(|t| guest::unique_path(&tmp, t));
+        let child =
+            breaker("open-save", &file, &[before.to_str().unwrap(), stamp.to_str().unwrap()]);
+        wait_child(child, WAIT);
+        let r = peer.finish(WAIT);
+        assert_eq!(r["unaligned"], "refused", "{}: the client keeps its promise", ex.name);
+        let n: usize = r["returned_blocks"].parse().unwrap();
+        let seen = std::fs::read(&before).unwrap();
+        for i in 0..ALEN / 4096 {
+            let got = &seen[4096 * i..4096 * (i + 1)];
+            if i < n {
+                assert!(got == block(i), "{}: block {i} committed by the recall", ex.name);
+            } else {
+                assert!(
+                    got.iter().all(|b| *b == 0),
+                    "{}: block {i} was not written before the recall",
+                    ex.name
+                );
+            }
+        }
+        note(&format!(
+            "layout aligned {}: odp regions {odp}, {n} blocks committed by the recall",
+            ex.name
+        ));
+        totals.push((file, r["total"].parse::<usize>().unwrap()));
+    }
+    server.shutdown();
+    for (file, total) in totals {
+        let got = std::fs::read(&file).unwrap();
+        for i in 0..total {
+            assert!(
+                got[4096 * i..4096 * (i + 1)] == block(i),
+                "{}: block {i} after the rebuild",
+                file.display()
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs rxe0 (SoftRoCE) as root: cargo xtask test runs it in the qemu guests"]
 fn layouts_that_escape_the_export_or_write_a_read_only_one_are_refused() {
     CONFIGURE.get_or_init(|| server_device);
     let env = guest::GuestEnv::get();

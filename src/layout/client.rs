@@ -63,6 +63,11 @@ pub struct ClientConfig {
     pub recall: RecallPolicy,
     /// Size of the registered bounce buffer transfers go through (larger ones are split).
     pub buffer: usize,
+    /// 1, or the alignment (a power of two, 512 bytes to 2 MiB) this client promises for
+    /// every transfer's offset and length (a transfer may end unaligned at the layout's
+    /// end). The server may then serve zero-copy where only aligned I/O is correct; the
+    /// client refuses unaligned transfers (`LayoutError::Unaligned`).
+    pub alignment: usize,
 }
 
 impl ClientConfig {
@@ -77,6 +82,7 @@ impl ClientConfig {
             stall_limit: Duration::from_secs(120),
             recall: RecallPolicy::Cooperate,
             buffer: 1 << 20,
+            alignment: 1,
         }
     }
 }
@@ -403,7 +409,21 @@ impl LayoutClient {
             Access::ReadWrite => WireAccess::ReadWrite,
         };
         let path = path.as_bytes().to_vec();
-        match self.inner.call(Message::GetRequest { path, offset, len, access })? {
+        let a = self.inner.cfg.alignment;
+        let align_shift = match a {
+            1 => 0,
+            _ if a.is_power_of_two()
+                && super::wire::ALIGN_SHIFTS.contains(&(a.trailing_zeros() as u8)) =>
+            {
+                a.trailing_zeros() as u8
+            }
+            _ => {
+                return Err(LayoutError::Config(format!(
+                    "alignment {a}: not 1 or a power of two from 512 bytes to 2 MiB"
+                )));
+            }
+        };
+        match self.inner.call(Message::GetRequest { path, offset, len, access, align_shift })? {
             Message::Granted(desc) => {
                 let held = Held { desc, phase: Phase::Active, in_flight: 0, dirty: Vec::new() };
                 self.inner.state.lock().layouts.insert(desc.layout, held);

@@ -101,6 +101,18 @@ pub enum LayoutError {
         /// The layout's length.
         size: u64,
     },
+    /// A transfer that breaks the client's alignment promise.
+    #[error("layout {layout}: {offset}+{len} breaks the promised {alignment}-byte alignment")]
+    Unaligned {
+        /// The layout.
+        layout: u64,
+        /// Offset asked for.
+        offset: u64,
+        /// Length asked for.
+        len: u64,
+        /// The promised alignment.
+        alignment: u64,
+    },
     /// A bad server or client configuration.
     #[error("layout config: {0}")]
     Config(String),
@@ -121,7 +133,9 @@ impl LayoutError {
             LayoutError::Closed { .. } => Errno::ENOTCONN,
             LayoutError::Transfer { .. } => Errno::EREMOTEIO,
             LayoutError::Lost { .. } => Errno::ESTALE,
-            LayoutError::OutOfRange { .. } | LayoutError::Config(_) => Errno::EINVAL,
+            LayoutError::OutOfRange { .. }
+            | LayoutError::Unaligned { .. }
+            | LayoutError::Config(_) => Errno::EINVAL,
             LayoutError::Region(e) => e.errno(),
         }
     }

@@ -475,8 +475,8 @@ impl Server {
         };
         let request = frame.request;
         let (op, answer) = match frame.message {
-            Message::GetRequest { path, offset, len, access } => {
-                ("get", self.get(key, &path, offset, len, access))
+            Message::GetRequest { path, offset, len, access, align_shift } => {
+                ("get", self.get(key, &path, offset, len, access, align_shift))
             }
             Message::CommitRequest { layout, ranges } => {
                 ("commit", self.commit(key, layout, &ranges).map(|()| Message::Committed))
@@ -515,6 +515,7 @@ impl Server {
         offset: u64,
         len: u64,
         access: WireAccess,
+        align_shift: u8,
     ) -> Result<Message, (Errno, String)> {
         let access = match access {
             WireAccess::Read => Access::Read,
@@ -533,18 +534,30 @@ impl Server {
         let len = if len == 0 { resolved.size.saturating_sub(offset) } else { len };
         let len = usize::try_from(len).map_err(|_| (Errno::EINVAL, format!("length {len}")))?;
         let refuse = |e: RegionError| (e.errno(), e.to_string());
-        let region = self.mgr.register(&resolved.path, offset, len, access).map_err(refuse)?;
-        if region.file_id() != resolved.file {
-            return Err((Errno::EXDEV, "the path changed while it was resolved".into()));
-        }
         let qp = match self.conns.get(&key) {
             Some(c) => c.link.qp.clone(),
             None => return Err((Errno::ENOTCONN, "connection gone".into())),
         };
+        // A peer's aligned promise lets the region use a strategy that is only correct for
+        // page-aligned transfers, which the probe checked with packets of the device's
+        // MTU: only on connections whose packets are that large (4096, RoCE's largest).
+        let alignment = match align_shift {
+            0 => 1,
+            s if qp.path_mtu().unwrap_or(0) >= 4096 => 1usize << s,
+            _ => 1,
+        };
+        let region = self
+            .mgr
+            .register_aligned(&resolved.path, offset, len, access, alignment)
+            .map_err(refuse)?;
+        if region.file_id() != resolved.file {
+            return Err((Errno::EXDEV, "the path changed while it was resolved".into()));
+        }
         let grant = region.grant(&qp).map_err(refuse)?;
         let d = desc(&grant);
         let export = &self.exports.get(resolved.export).name;
-        tracing::info!(layout = d.layout, export, path = %resolved.path.display(), offset, len, ?access, "layout granted");
+        let strategy = region.strategy().label();
+        tracing::info!(layout = d.layout, export, path = %resolved.path.display(), offset, len, ?access, strategy, "layout granted");
         self.layouts.insert(d.layout, Held { conn: key, grant, region });
         self.metrics.layouts.inc();
         if let Some(c) = self.conns.get_mut(&key) {

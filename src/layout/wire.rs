@@ -4,7 +4,7 @@
 //! ```text
 //! header           magic u32 "FLMR" | version u16 = 1 | opcode u16 | request u64
 //!                  | status u32 (0, or the errno of Error) | length u32 (body bytes)
-//!  1 GetRequest    offset u64 | len u64 | access u8 | reserved u8 | path_len u16 | path
+//!  1 GetRequest    offset u64 | len u64 | access u8 | align_shift u8 | path_len u16 | path
 //!  2 Granted       layout u64 | addr u64 | rkey u32 | reserved u32 | len u64 | generation u64
 //!  3 CommitRequest layout u64 | count u32 | reserved u32 | count × (offset u64 | len u64)
 //!  4 Committed     (empty)
@@ -134,6 +134,10 @@ pub enum Message {
         len: u64,
         /// What the peer will do with it.
         access: WireAccess,
+        /// 0, or log2 of the alignment (9..=21: 512 bytes to 2 MiB) of every offset and
+        /// length the peer promises to transfer (a layout's tail may end unaligned at its
+        /// end): the server may then use a strategy that is only correct for such I/O.
+        align_shift: u8,
     },
     /// Server → peer (2): the reply to `GetRequest`.
     Granted(LayoutDesc),
@@ -302,10 +306,11 @@ impl Frame {
         check_status(name, opcode, self.status)?;
         let mut body = Vec::new();
         match &self.message {
-            Message::GetRequest { path, offset, len, access } => {
+            Message::GetRequest { path, offset, len, access, align_shift } => {
                 check_path(name, path)?;
+                check_align(name, *align_shift)?;
                 let path_len = u16::try_from(path.len()).map_err(|_| bad(name, "path", LONG))?;
-                put!(body, *offset, *len, *access as u8, 0u8, path_len);
+                put!(body, *offset, *len, *access as u8, *align_shift, path_len);
                 body.extend_from_slice(path);
             }
             Message::Granted(d) | Message::Available(d) => {
@@ -370,14 +375,15 @@ impl Frame {
                 let len = r.u64()?;
                 let access =
                     WireAccess::from_code(r.u8()?).ok_or(bad(name, "access", "not 0, 1 or 2"))?;
-                zero(name, r.u8()?.into())?;
+                let align_shift = r.u8()?;
+                check_align(name, align_shift)?;
                 let path_len = usize::from(r.u16()?);
                 if path_len > MAX_PATH {
                     return Err(bad(name, "path", LONG));
                 }
                 let path = r.bytes(path_len)?.to_vec();
                 check_path(name, &path)?;
-                Message::GetRequest { path, offset, len, access }
+                Message::GetRequest { path, offset, len, access, align_shift }
             }
             2 => Message::Granted(r.desc(name)?),
             3 => {
@@ -443,6 +449,17 @@ fn check_status(name: &'static str, opcode: u16, status: u32) -> Result<(), Wire
         return Err(bad(name, "status", "must be 0 in any message but Error"));
     }
     Ok(())
+}
+
+/// Alignments a peer may promise: none (0), or 512 bytes to 2 MiB.
+pub const ALIGN_SHIFTS: std::ops::RangeInclusive<u8> = 9..=21;
+
+fn check_align(name: &'static str, shift: u8) -> Result<(), WireError> {
+    if shift == 0 || ALIGN_SHIFTS.contains(&shift) {
+        Ok(())
+    } else {
+        Err(bad(name, "align_shift", "not 0 or 9..=21"))
+    }
 }
 
 fn zero(name: &'static str, reserved: u64) -> Result<(), WireError> {

@@ -28,7 +28,7 @@ use super::manager::ManagerInner;
 use super::state::RegionState;
 use super::strategy::{self, Strategy};
 use crate::grant::{Binding, GrantState, scratch};
-use crate::lease::FileId;
+use crate::lease::{FileId, LeaseState};
 use crate::metrics::RegionMetrics;
 use crate::region::RevocationMode;
 
@@ -208,19 +208,44 @@ pub(crate) fn rebuild_file(mgr: &Arc<ManagerInner>, file: FileId) {
         if slot.info.state != RegionState::Revoked || slot.forgotten || r.word.is_lost() {
             continue;
         }
+        // Why: a rebuild must never publish a region that the revocation of a break
+        // delivered meanwhile did not take (that revocation would release the lease with
+        // the region still registered, exposing bytes the breaker then replaces). A
+        // revocation's quiesce cannot own a revoked or rebuilding region (`start_revoke`
+        // fails on its word, leaving *revoking* set as a mark), and this rebuild may answer
+        // a `Reacquired` that is already stale (the lease broke again before it ran). So:
+        // forget the marks of breaks already released (their releases ran under this
+        // file's lock, which we hold, so their quiesces are done), then rebuild only if
+        // the lease is held now, i.e. every break delivered so far is released (a pending
+        // one leads to another `Reacquired`, which rebuilds), and reopen only if no
+        // revocation marked the word since (`try_reopen`): a break delivered after this
+        // check either marks the word before the reopen (the rebuild is discarded, the
+        // region stays revoked until that break's release and reacquisition) or finds the
+        // word open after it and owns the region like any registered one.
+        r.word.clear_revoking_mark();
+        if r.lease.state() != LeaseState::Held {
+            continue;
+        }
         r.set_state(mgr, &mut slot, RegionState::Rebuilding);
         let started = Instant::now();
         match rebuild_one(mgr, &r, &mut slot) {
-            Ok(()) => {
+            Ok(true) => {
                 rebind_grants(mgr, &r, &mut slot);
                 mgr.metrics.rebuild_seconds.observe(started.elapsed().as_secs_f64());
+            }
+            Ok(false) => {
+                tracing::debug!(region = r.id, "lease broke during the rebuild: stays revoked");
+                r.set_state(mgr, &mut slot, RegionState::Revoked);
             }
             Err(reason) => lose(mgr, &r, &mut slot, reason),
         }
     }
 }
 
-fn rebuild_one(mgr: &ManagerInner, r: &RegionShared, slot: &mut Slot) -> Result<(), LostReason> {
+/// Rebuilds `r` and reopens its guard word; `Ok(false)` if a revocation marked the word
+/// during the build (see [`rebuild_file`]): the new registration is dropped unseen and
+/// the slot is left as it was.
+fn rebuild_one(mgr: &ManagerInner, r: &RegionShared, slot: &mut Slot) -> Result<bool, LostReason> {
     let fd = r.lease.fd();
     let file_len =
         strategy::file_len(fd).map_err(|e| LostReason::RebuildFailed(format!("{e:?}")))?;
@@ -230,17 +255,24 @@ fn rebuild_one(mgr: &ManagerInner, r: &RegionShared, slot: &mut Slot) -> Result<
     let len = (r.requested_len as u64).min(file_len - r.offset) as usize;
     let old: Strategy = slot.info.decision.strategy;
     let iova = Some(slot.info.addr);
-    let built = match strategy::build(old, &mgr.pd, fd, r.offset, len, r.access, iova) {
-        Ok(b) => b,
+    let (built, decision) = match strategy::build(old, &mgr.pd, fd, r.offset, len, r.access, iova) {
+        Ok(b) => (b, None),
         Err(first) => {
             tracing::warn!(region = r.id, error = ?first, "rebuild failed; probing again");
-            let d = mgr.decide(&r.path, r.dev, r.access, true);
+            let d = mgr.decide(&r.path, r.dev, r.access, true).for_region(r.alignment, r.offset);
             let b = strategy::build(d.strategy, &mgr.pd, fd, r.offset, len, r.access, iova)
                 .map_err(|e| LostReason::RebuildFailed(format!("{e:?}")))?;
-            slot.info.decision = d;
-            b
+            (b, Some(d))
         }
     };
+    // Why: publish only if no revocation passed the revoked word during the build (see
+    // `rebuild_file`). Dropping `built` deregisters it; nothing could reach it.
+    if !r.word.try_reopen() {
+        return Ok(false);
+    }
+    if let Some(d) = decision {
+        slot.info.decision = d;
+    }
     let info = &mut slot.info;
     info.lkey = built.mr.lkey();
     info.len = len;
@@ -255,7 +287,6 @@ fn rebuild_one(mgr: &ManagerInner, r: &RegionShared, slot: &mut Slot) -> Result<
     mgr.metrics.bytes(label, len as i64);
     r.set_state(mgr, slot, RegionState::Registered);
     RegionMetrics::count(&mgr.metrics.rebuilds, "strategy", label);
-    r.word.reopen();
     let info = &slot.info;
     r.emit(
         mgr,
@@ -266,7 +297,7 @@ fn rebuild_one(mgr: &ManagerInner, r: &RegionShared, slot: &mut Slot) -> Result<
             generation: info.generation,
         },
     );
-    Ok(())
+    Ok(true)
 }
 
 /// Rebinds returned and retargeted grants to the rebuilt region, then drops scratch.

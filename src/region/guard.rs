@@ -138,6 +138,28 @@ impl GuardWord {
         self.word.fetch_and(!(REVOKING | REVOKED), Ordering::AcqRel);
     }
 
+    /// On a revoked word, forgets the mark [`GuardWord::start_revoke`] leaves when it
+    /// finds the word already revoked (it sets *revoking* even when it fails): what
+    /// [`GuardWord::try_reopen`] looks for. A no-op unless the word is revoked (a live
+    /// revocation's *revoking* bit is never cleared here).
+    pub fn clear_revoking_mark(&self) {
+        let _ = self.word.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+            (w & REVOKED != 0 && w & REVOKING != 0).then_some(w & !REVOKING)
+        });
+    }
+
+    /// Lets guards be taken again after a rebuild, unless a revocation started since
+    /// [`GuardWord::clear_revoking_mark`] (its `start_revoke` failed on the revoked word
+    /// and left *revoking* set) or the word is lost: then the word stays revoked and this
+    /// returns false. Once this returned true, the next `start_revoke` succeeds.
+    pub fn try_reopen(&self) -> bool {
+        self.word
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                (w & (REVOKING | LOST) == 0).then_some(w & !REVOKED)
+            })
+            .is_ok()
+    }
+
     /// Marks the word lost for good.
     pub fn set_lost(&self) {
         self.word.fetch_or(LOST, Ordering::AcqRel);
@@ -189,6 +211,34 @@ mod tests {
         drop(c);
         w.set_lost();
         assert_eq!(w.guard().unwrap_err(), GuardError::Lost);
+    }
+
+    #[test]
+    fn a_revocation_that_finds_the_word_revoked_keeps_it_closed() {
+        let w = GuardWord::new();
+        assert!(w.start_revoke());
+        w.finish_revoke();
+        // An older revocation's mark, from a break released since: forgotten.
+        assert!(!w.start_revoke());
+        w.clear_revoking_mark();
+        // A revocation passes by while the region is being rebuilt: it cannot own the
+        // region, so the rebuild must not reopen it.
+        assert!(!w.start_revoke(), "a revoked word is not owned by a new revocation");
+        assert!(!w.try_reopen());
+        assert_eq!(w.guard().unwrap_err(), GuardError::Revoked);
+        // The next rebuild, once that break is released, forgets the mark and reopens.
+        w.clear_revoking_mark();
+        assert!(w.try_reopen());
+        drop(w.guard().unwrap());
+        assert!(w.start_revoke(), "after a reopen, the next revocation owns the word");
+        // Never clears a live revocation's bit, and never reopens a lost word.
+        w.clear_revoking_mark();
+        assert!(!w.start_revoke());
+        assert!(!w.try_reopen());
+        w.finish_revoke();
+        w.set_lost();
+        w.clear_revoking_mark();
+        assert!(!w.try_reopen());
     }
 
     #[test]

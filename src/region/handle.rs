@@ -55,6 +55,8 @@ pub(crate) struct RegionShared {
     pub(crate) path: PathBuf,
     pub(crate) offset: u64,
     pub(crate) requested_len: usize,
+    /// The alignment its peers promised (1: none).
+    pub(crate) alignment: usize,
     pub(crate) access: Access,
     pub(crate) dev: u64,
     pub(crate) lease: Lease,
@@ -200,6 +202,14 @@ impl Region {
     /// Offset of the region in the file.
     pub fn offset(&self) -> u64 {
         self.shared.offset
+    }
+
+    /// The alignment peers' transfers must keep: the page size when the region's strategy
+    /// is only correct for page-aligned I/O (see [`Manager::register_aligned`]), else 1.
+    pub fn alignment(&self) -> usize {
+        let s = self.shared.slot.lock();
+        let d = &s.info.decision;
+        if d.aligned == Some(d.strategy) { crate::sys::page_size() } else { 1 }
     }
 
     /// The access peers have.

@@ -169,9 +169,26 @@ impl Manager {
         len: usize,
         access: Access,
     ) -> Result<Region, RegionError> {
+        self.register_aligned(path, offset, len, access, 1)
+    }
+
+    /// [`Manager::register`] for peers that promise to transfer only `alignment`-aligned
+    /// offsets and lengths (a power of two): when that is a multiple of the page size and
+    /// so is `offset`, the region may use the probe's [`Decision::aligned`] strategy (on
+    /// rxe with ODP on 6.18: zero-copy ODP instead of staging). [`Region::alignment`] says
+    /// what the region needs; the peers must keep their promise (the layout client
+    /// enforces it).
+    pub fn register_aligned(
+        &self,
+        path: impl AsRef<Path>,
+        offset: u64,
+        len: usize,
+        access: Access,
+        alignment: usize,
+    ) -> Result<Region, RegionError> {
         let path = path.as_ref();
         let started = std::time::Instant::now();
-        let r = self.register_inner(path, offset, len, access);
+        let r = self.register_inner(path, offset, len, access, alignment);
         if r.is_ok() {
             self.inner.metrics.registration_seconds.observe(started.elapsed().as_secs_f64());
         }
@@ -208,6 +225,7 @@ impl Manager {
         offset: u64,
         len: usize,
         access: Access,
+        alignment: usize,
     ) -> Result<Region, RegionError> {
         let inner = &self.inner;
         if len == 0 {
@@ -247,7 +265,7 @@ impl Manager {
         if let Some(e) = beyond(file_len) {
             return Err(e);
         }
-        let decision = inner.decide(path, md.dev(), access, false);
+        let decision = inner.decide(path, md.dev(), access, false).for_region(alignment, offset);
         let built =
             strategy::build(decision.strategy, &inner.pd, lease.fd(), offset, len, access, None)
                 .map_err(|e| build_error(e, path, offset, len))?;
@@ -265,6 +283,7 @@ impl Manager {
             path: path.to_path_buf(),
             offset,
             requested_len: len,
+            alignment,
             access,
             dev: md.dev(),
             lease,

@@ -106,6 +106,30 @@ impl QueuePair {
         &self.cq
     }
 
+    /// The path MTU in bytes (`ibv_query_qp`): the largest packet of a transfer on this
+    /// connection (0 before the QP is connected).
+    pub fn path_mtu(&self) -> VerbsResult<usize> {
+        // SAFETY: plain old data, overwritten by the call.
+        let mut attr: ffi::ibv_qp_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut init: ffi::ibv_qp_init_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: the QP is live; both out-pointers are valid.
+        let ret = unsafe {
+            ffi::ibv_query_qp(
+                self.ptr.as_ptr(),
+                &mut attr,
+                ffi::ibv_qp_attr_mask::IBV_QP_PATH_MTU.0 as i32,
+                &mut init,
+            )
+        };
+        if ret != 0 {
+            return Err(VerbsError::from_ret("ibv_query_qp", ret, "IBV_QP_PATH_MTU"));
+        }
+        // IBV_MTU_256 = 1 ... IBV_MTU_4096 = 5.
+        let code = attr.path_mtu as u32;
+        Ok(if (1..=5).contains(&code) { 128 << code } else { 0 })
+    }
+
     /// The QP's current state (`ibv_query_qp`).
     pub fn state(&self) -> VerbsResult<QpState> {
         use ffi::ibv_qp_state as S;

@@ -139,6 +139,9 @@ fn peer_reexec_entry() {
     };
     let server: SocketAddr = var("FILEMR_LAYOUT_SERVER").parse().unwrap();
     let mut cfg = ClientConfig::new(var("FILEMR_PEER_DEVICE"), server);
+    if script == "aligned" {
+        cfg.alignment = 4096;
+    }
     // From the peer device's address: the connection crosses the link (see
     // docs/harness.md).
     cfg.source = Some(var("FILEMR_PEER_ADDR").parse().unwrap());
@@ -157,6 +160,7 @@ fn peer_reexec_entry() {
     let ready = || std::fs::write(var("FILEMR_PEER_READY"), b"").unwrap();
     match script.as_str() {
         "stream" => stream(&client, &mut report, ready),
+        "aligned" => aligned(&client, &mut report, ready),
         "silent" => silent(&client, &mut report, ready),
         "refusals" => refusals(&client, &mut report),
         "malformed" => malformed(&client, cfg, &mut report),
@@ -217,6 +221,50 @@ fn stream(client: &LayoutClient, report: &mut impl FnMut(&str, String), ready: i
     report("returned_records", (committed[0].1 / 8).to_string());
     report("total", total.to_string());
     report("recall_ms", recall_ms.to_string());
+    layout.give_back().expect("give back");
+}
+
+/// Block `i` of an `aligned` peer: 4 KiB of a pattern seeded by `i`.
+pub fn block(i: usize) -> Vec<u8> {
+    crate::guest::pattern(4096, (i % 251) as u8)
+}
+
+/// Like `stream`, with 4 KiB blocks at 4 KiB-aligned offsets from a client that promised
+/// 4 KiB alignment; reports `unaligned` (what an unaligned write got), `returned_blocks`,
+/// `total`.
+fn aligned(client: &LayoutClient, report: &mut impl FnMut(&str, String), ready: impl Fn()) {
+    let (path, len) = path_and_len();
+    let layout = client.get(&path, 0, len, Access::ReadWrite).expect("get");
+    let unaligned = match layout.write(100, &[1; 8]) {
+        Err(LayoutError::Unaligned { .. }) => "refused".to_string(),
+        other => format!("{other:?}"),
+    };
+    report("unaligned", unaligned);
+    let mut after = None;
+    let mut returned = None;
+    for i in 0..(len / 4096) as usize {
+        layout.write(4096 * i as u64, &block(i)).expect("aligned write");
+        if i == 2 {
+            ready();
+        }
+        while let Some(ev) = client.next_event(Duration::ZERO) {
+            match ev {
+                LayoutEvent::Returned { committed, error: None, .. } => returned = Some(committed),
+                LayoutEvent::Available { .. } => after = Some(i),
+                other => eprintln!("(aligned peer: {other:?})"),
+            }
+        }
+        if after.is_some_and(|a| i >= a + 4) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let total = after.expect("no AVAILABLE before the layout was full") + 5;
+    layout.commit().expect("commit");
+    let committed = returned.expect("no RETURNED");
+    assert_eq!(committed.len(), 1, "{committed:?}");
+    report("returned_blocks", (committed[0].1 / 4096).to_string());
+    report("total", total.to_string());
     layout.give_back().expect("give back");
 }
 

@@ -155,6 +155,18 @@ impl Layout {
                 if offset.checked_add(len).is_none_or(|end| end > size) {
                     return Err(LayoutError::OutOfRange { layout: self.id, offset, len, size });
                 }
+                let a = inner.cfg.alignment as u64;
+                if a > 1
+                    && (!offset.is_multiple_of(a)
+                        || (!len.is_multiple_of(a) && offset + len != size))
+                {
+                    return Err(LayoutError::Unaligned {
+                        layout: self.id,
+                        offset,
+                        len,
+                        alignment: a,
+                    });
+                }
                 h.in_flight += 1;
                 return Ok(h.desc);
             }

@@ -21,6 +21,7 @@ fn one_of_each() -> Vec<Frame> {
         offset: 4096,
         len: 8192,
         access: WireAccess::ReadWrite,
+        align_shift: 12,
     };
     let commit = Message::CommitRequest { layout: 7, ranges: vec![(0, 1), (4096, 100)] };
     let mut frames: Vec<Frame> = [
@@ -72,13 +73,13 @@ fn assert_bad(e: WireError, want_opcode: &str, want_field: &str) {
     }
 }
 
-/// A GetRequest body: offset 1, len 2, then the access code, reserved byte, path_len and
-/// path given.
-fn get_body(access: u8, reserved: u8, path_len: u16, path: &[u8]) -> Vec<u8> {
+/// A GetRequest body: offset 1, len 2, then the access code, alignment shift, path_len
+/// and path given.
+fn get_body(access: u8, align_shift: u8, path_len: u16, path: &[u8]) -> Vec<u8> {
     let mut body = Vec::new();
     body.extend_from_slice(&1u64.to_le_bytes());
     body.extend_from_slice(&2u64.to_le_bytes());
-    body.extend_from_slice(&[access, reserved]);
+    body.extend_from_slice(&[access, align_shift]);
     body.extend_from_slice(&path_len.to_le_bytes());
     body.extend_from_slice(path);
     body
@@ -146,6 +147,7 @@ fn get_request_bytes_are_pinned() {
             offset: 0x1000,
             len: 0x2_0000_0000,
             access: WireAccess::Write,
+            align_shift: 0,
         },
     );
     #[rustfmt::skip]
@@ -204,8 +206,13 @@ fn body_layouts_are_pinned() {
 #[test]
 fn limits_are_accepted() {
     let path = vec![b'x'; MAX_PATH];
-    let get =
-        Message::GetRequest { path, offset: u64::MAX, len: u64::MAX, access: WireAccess::Read };
+    let get = Message::GetRequest {
+        path,
+        offset: u64::MAX,
+        len: u64::MAX,
+        access: WireAccess::Read,
+        align_shift: 21,
+    };
     let ranges = vec![(u64::MAX - 1, 1); MAX_RANGES];
     let commit = Message::CommitRequest { layout: u64::MAX, ranges };
     for frame in [Frame::new(u64::MAX, get), Frame::new(0, commit), Frame::error(0, i32::MAX)] {
@@ -306,8 +313,28 @@ fn error_status_must_be_a_positive_errno() {
 // ---- rejections: bodies ----
 
 #[test]
+fn alignment_shifts_are_none_or_512_bytes_to_2_mib() {
+    for bad in [1u8, 8, 22, 255] {
+        assert_bad(err(&raw(1, 1, 0, &get_body(0, bad, 1, b"a"))), "GetRequest", "align_shift");
+        let get = Message::GetRequest {
+            path: b"a".to_vec(),
+            offset: 0,
+            len: 1,
+            access: WireAccess::Read,
+            align_shift: bad,
+        };
+        assert_bad(Frame::new(1, get).encode().unwrap_err(), "GetRequest", "align_shift");
+    }
+    for good in [0u8, 9, 12, 21] {
+        let frame = Frame::decode(&raw(1, 1, 0, &get_body(0, good, 1, b"a"))).unwrap();
+        assert!(
+            matches!(frame.message, Message::GetRequest { align_shift, .. } if align_shift == good)
+        );
+    }
+}
+
+#[test]
 fn reserved_fields_must_be_zero() {
-    assert_bad(err(&raw(1, 1, 0, &get_body(0, 1, 1, b"a"))), "GetRequest", "reserved");
     for (opcode, name) in [(2, "Granted"), (8, "Available")] {
         let mut bytes = enc(Message::Granted(DESC));
         bytes[6..8].copy_from_slice(&u16::to_le_bytes(opcode));
@@ -342,7 +369,8 @@ fn access_must_be_known() {
 #[track_caller]
 fn assert_bad_path(body: Vec<u8>, path: Vec<u8>) {
     assert_bad(err(&raw(1, 1, 0, &body)), "GetRequest", "path");
-    let get = Message::GetRequest { path, offset: 1, len: 2, access: WireAccess::Read };
+    let get =
+        Message::GetRequest { path, offset: 1, len: 2, access: WireAccess::Read, align_shift: 0 };
     assert_bad(Frame::new(1, get).encode().unwrap_err(), "GetRequest", "path");
 }
 
@@ -492,8 +520,16 @@ fn range() -> impl Strategy<Value = (u64, u64)> {
 }
 
 fn message() -> impl Strategy<Value = Message> {
-    let get = (vec(1u8..=255, 1..=MAX_PATH), any::<u64>(), any::<u64>(), access())
-        .prop_map(|(path, offset, len, access)| Message::GetRequest { path, offset, len, access });
+    let shift = prop_oneof![Just(0u8), 9u8..=21];
+    let get = (vec(1u8..=255, 1..=MAX_PATH), any::<u64>(), any::<u64>(), access(), shift).prop_map(
+        |(path, offset, len, access, align_shift)| Message::GetRequest {
+            path,
+            offset,
+            len,
+            access,
+            align_shift,
+        },
+    );
     let commit = (any::<u64>(), vec(range(), 1..=MAX_RANGES))
         .prop_map(|(layout, ranges)| Message::CommitRequest { layout, ranges });
     prop_oneof![

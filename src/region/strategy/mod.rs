@@ -43,6 +43,41 @@ pub struct Decision {
     /// What each strategy tried did, in order, e.g.
     /// `odp: ...; pinned: ibv_reg_mr failed: EFAULT; staging: chosen`.
     pub reason: String,
+    /// An in-place strategy that moves correct bytes only when every transfer is
+    /// page-aligned (offset and length): what regions whose peers promise such I/O get
+    /// instead of `strategy` (rxe ODP on 6.18 misplaces transfers off page boundaries).
+    /// `None` when `strategy` needs no alignment or nothing better exists.
+    pub aligned: Option<Strategy>,
+}
+
+impl Decision {
+    /// The strategy for I/O aligned to `alignment` bytes at a file offset `offset`:
+    /// [`Decision::aligned`] when both are multiples of the page size, `strategy`
+    /// otherwise.
+    pub fn for_alignment(&self, alignment: usize, offset: u64) -> Strategy {
+        let page = crate::sys::page_size();
+        match self.aligned {
+            Some(s)
+                if alignment >= page
+                    && alignment.is_multiple_of(page)
+                    && offset.is_multiple_of(page as u64) =>
+            {
+                s
+            }
+            _ => self.strategy,
+        }
+    }
+
+    /// This decision as taken for one region: `strategy` is what the region uses for
+    /// I/O aligned to `alignment` at `offset` (see [`Decision::for_alignment`]).
+    pub(crate) fn for_region(mut self, alignment: usize, offset: u64) -> Decision {
+        let chosen = self.for_alignment(alignment, offset);
+        if chosen != self.strategy {
+            self.reason = format!("{}; aligned I/O promised: {}", self.reason, chosen.label());
+            self.strategy = chosen;
+        }
+        self
+    }
 }
 
 /// A built registration: the MR and the memory it covers.
