@@ -259,10 +259,22 @@ fn rebuild_one(mgr: &ManagerInner, r: &RegionShared, slot: &mut Slot) -> Result<
         Ok(b) => (b, None),
         Err(first) => {
             tracing::warn!(region = r.id, error = ?first, "rebuild failed; probing again");
-            let d = mgr.decide(&r.path, r.dev, r.access, true).for_region(r.alignment, r.offset);
-            let b = strategy::build(d.strategy, &mgr.pd, fd, r.offset, len, r.access, iova)
-                .map_err(|e| LostReason::RebuildFailed(format!("{e:?}")))?;
-            (b, Some(d))
+            let general = mgr.decide(&r.path, r.dev, r.access, true);
+            let d = general.clone().for_region(r.alignment, r.offset);
+            let failed = |e| LostReason::RebuildFailed(format!("{e:?}"));
+            match strategy::build(d.strategy, &mgr.pd, fd, r.offset, len, r.access, iova) {
+                Ok(b) => (b, Some(d)),
+                // The aligned strategy cannot be rebuilt (an ODP region's old addresses
+                // are taken): the general one serves aligned peers too.
+                Err(e) if d.strategy != general.strategy => {
+                    tracing::warn!(region = r.id, error = ?e, "aligned strategy failed; general one");
+                    let s = general.strategy;
+                    let b = strategy::build(s, &mgr.pd, fd, r.offset, len, r.access, iova)
+                        .map_err(failed)?;
+                    (b, Some(general))
+                }
+                Err(e) => return Err(failed(e)),
+            }
         }
     };
     // Why: publish only if no revocation passed the revoked word during the build (see

@@ -77,7 +77,32 @@ pub fn page_offset(addr: u64) -> usize {
 impl Mapping {
     /// Map `len` bytes of the file behind `fd` at `offset`, `MAP_SHARED`.
     pub fn file(fd: impl AsFd, offset: u64, len: usize, prot: Protection) -> SysResult<Mapping> {
-        let detail = || format!("offset {offset} len {len} {prot:?}");
+        Mapping::file_placed(fd, offset, len, prot, None)
+    }
+
+    /// [`Mapping::file`] with its first byte at the virtual address `at` (which must sit
+    /// at the same offset in its page as `offset` in its own), without replacing
+    /// anything mapped there (`MAP_FIXED_NOREPLACE`: `EEXIST` if the range is taken). A
+    /// rebuilt ODP region needs this: rxe resolves an ODP MR's addresses against the
+    /// mapping's own, so it can only be registered where its predecessor was.
+    pub fn file_at(
+        fd: impl AsFd,
+        offset: u64,
+        len: usize,
+        prot: Protection,
+        at: u64,
+    ) -> SysResult<Mapping> {
+        Mapping::file_placed(fd, offset, len, prot, Some(at))
+    }
+
+    fn file_placed(
+        fd: impl AsFd,
+        offset: u64,
+        len: usize,
+        prot: Protection,
+        at: Option<u64>,
+    ) -> SysResult<Mapping> {
+        let detail = || format!("offset {offset} len {len} {prot:?} at {at:x?}");
         let page = page_size() as u64;
         let aligned = offset - offset % page;
         let head = (offset - aligned) as usize;
@@ -88,11 +113,30 @@ impl Mapping {
             .ok_or_else(|| SysError::new("mmap", Errno::EINVAL, detail()))?;
         let file_off = i64::try_from(aligned)
             .map_err(|_| SysError::new("mmap", Errno::EOVERFLOW, detail()))?;
-        // SAFETY: a fresh MAP_SHARED mapping chosen by the kernel (no address hint) cannot
-        // alias any Rust object; the fd is borrowed only for the call.
-        let base = unsafe { mmap(None, map_len, prot.flags(), MapFlags::MAP_SHARED, fd, file_off) }
+        let (hint, flags) = match at {
+            None => (None, MapFlags::MAP_SHARED),
+            Some(at) => {
+                let base = at
+                    .checked_sub(head as u64)
+                    .filter(|b| b % page == 0)
+                    .and_then(|b| NonZeroUsize::new(b as usize))
+                    .ok_or_else(|| SysError::new("mmap", Errno::EINVAL, detail()))?;
+                (Some(base), MapFlags::MAP_SHARED | MapFlags::MAP_FIXED_NOREPLACE)
+            }
+        };
+        // SAFETY: a MAP_SHARED mapping either chosen by the kernel or placed where nothing
+        // is mapped (MAP_FIXED_NOREPLACE fails rather than replace), so it cannot alias
+        // any Rust object; the fd is borrowed only for the call.
+        let base = unsafe { mmap(hint, map_len, prot.flags(), flags, fd, file_off) }
             .map_err(|e| SysError::new("mmap", e, detail()))?;
-        Ok(Mapping { base: base.cast(), map_len: map_len.get(), head, len, file_backed: true })
+        let m = Mapping { base: base.cast(), map_len: map_len.get(), head, len, file_backed: true };
+        if let Some(at) = at
+            && m.as_ptr() as u64 != at
+        {
+            // Kernels before 4.17 treat the flag as a hint.
+            return Err(SysError::new("mmap", Errno::EEXIST, detail()));
+        }
+        Ok(m)
     }
 
     /// Map `len` bytes of zeroed anonymous private memory.
@@ -297,6 +341,22 @@ mod tests {
         assert_eq!(&back[4110..4115], b"hello");
         assert_eq!(m.read_at(4999, &mut [0; 2]).unwrap_err().errno, Errno::ERANGE);
         assert_eq!(Mapping::file(&f, 0, 0, Protection::Read).unwrap_err().errno, Errno::EINVAL);
+        // Placed where a predecessor was (a rebuilt ODP region), never over a live mapping.
+        let at = m.as_ptr() as u64;
+        let taken = Mapping::file_at(&f, 4100, 5000, Protection::ReadWrite, at).unwrap_err();
+        assert_eq!(taken.errno, Errno::EEXIST);
+        drop(m);
+        let again = Mapping::file_at(&f, 4100, 5000, Protection::ReadWrite, at).unwrap();
+        assert_eq!(again.as_ptr() as u64, at);
+        let mut back = vec![0; 5];
+        again.read_at(10, &mut back).unwrap();
+        assert_eq!(&back, b"hello");
+        let misplaced = Mapping::file_at(&f, 4100, 5000, Protection::ReadWrite, at + 1);
+        assert_eq!(
+            misplaced.unwrap_err().errno,
+            Errno::EINVAL,
+            "not at the offset's place in its page"
+        );
         std::fs::remove_file(&path).unwrap();
     }
 

@@ -19,12 +19,19 @@ pub(super) fn build(
     on_demand: bool,
     iova: Option<u64>,
 ) -> Result<(MemoryRegion, Arc<Mapping>), BuildError> {
-    let map =
-        Arc::new(Mapping::file(fd, offset, len, access.protection()).map_err(BuildError::Map)?);
+    let prot = access.protection();
+    let map = match iova {
+        // rxe translates an ODP MR's addresses against its mapping's own: a rebuilt ODP
+        // region must be mapped where its predecessor was, and registered there.
+        Some(at) if on_demand => Mapping::file_at(fd, offset, len, prot, at),
+        _ => Mapping::file(fd, offset, len, prot),
+    };
+    let map = Arc::new(map.map_err(BuildError::Map)?);
     let mut mr_access = access.mr_access();
     if on_demand {
         mr_access |= MrAccess::ON_DEMAND;
     }
+    let iova = if on_demand { None } else { iova };
     let mr = super::register(pd, &map, mr_access, iova)?;
     Ok((mr, map))
 }
