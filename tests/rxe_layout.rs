@@ -10,7 +10,7 @@ mod layout_support;
 mod region_support;
 
 use layout_support::*;
-use region_support::{CONFIGURE, WAIT, breaker, note, wait_child};
+use region_support::{CONFIGURE, WAIT, note};
 
 const LEN: usize = 256 << 10;
 
@@ -24,20 +24,12 @@ fn cooperative_peer_commits_returns_and_resumes_across_a_break() {
     for ex in &exports {
         let file = ex.root.join("stream");
         std::fs::write(&file, vec![0u8; LEN]).unwrap();
-        let vars = [("PATH", format!("{}/stream", ex.name)), ("LEN", LEN.to_string())];
-        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let mut peer = PeerProc::spawn("stream", server.local_addr(), &vars);
-        peer.wait_ready(WAIT);
-        let tmp = std::env::temp_dir();
-        let [before, stamp] = ["before", "stamp"].map(|t| guest::unique_path(&tmp, t));
-        let child =
-            breaker("open-save", &file, &[before.to_str().unwrap(), stamp.to_str().unwrap()]);
-        wait_child(child, WAIT);
+        let peer = ready_peer("stream", server.local_addr(), ex, "stream", LEN);
+        let seen = save_on_break(&file);
         let r = peer.finish(WAIT);
         let n: usize = r["returned_records"].parse().unwrap();
         let total: usize = r["total"].parse().unwrap();
         assert!(n > 16, "{}: the peer streamed before the recall ({n} records)", ex.name);
-        let seen = std::fs::read(&before).unwrap();
         for i in 0..LEN / 8 {
             let want = if i < n { i as u64 + 1 } else { 0 };
             assert_eq!(
@@ -84,10 +76,7 @@ fn aligned_peers_get_zero_copy_odp_where_only_aligned_io_is_correct() {
         let odp_before = region_support::metric_sum(
             "filemr_region_regions{strategy=\"odp\",state=\"registered\"}",
         );
-        let vars = [("PATH", format!("{}/aligned", ex.name)), ("LEN", ALEN.to_string())];
-        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let mut peer = PeerProc::spawn("aligned", server.local_addr(), &vars);
-        peer.wait_ready(WAIT);
+        let peer = ready_peer("aligned", server.local_addr(), ex, "aligned", ALEN);
         let odp = region_support::metric_sum(
             "filemr_region_regions{strategy=\"odp\",state=\"registered\"}",
         ) - odp_before;
@@ -96,15 +85,14 @@ fn aligned_peers_get_zero_copy_odp_where_only_aligned_io_is_correct() {
         // changes.
         let want = if env.expect_odp { 1.0 } else { 0.0 };
         assert_eq!(odp, want, "{}: ODP regions for the aligned peer", ex.name);
-        let tmp = std::env::temp_dir();
-        let [before, stamp] = ["before", "stamp"].map(|t| guest::unique_path(&tmp, t));
-        let child =
-            breaker("open-save", &file, &[before.to_str().unwrap(), stamp.to_str().unwrap()]);
-        wait_child(child, WAIT);
+        let odp_rebuilds = "filemr_region_rebuilds_total{strategy=\"odp\"}";
+        let rebuilt_before = region_support::metric_sum(odp_rebuilds);
+        let seen = save_on_break(&file);
         let r = peer.finish(WAIT);
+        let rebuilt = region_support::metric_sum(odp_rebuilds) - rebuilt_before;
+        assert_eq!(rebuilt, want, "{}: rebuilt in place with ODP (at its old addresses)", ex.name);
         assert_eq!(r["unaligned"], "refused", "{}: the client keeps its promise", ex.name);
         let n: usize = r["returned_blocks"].parse().unwrap();
-        let seen = std::fs::read(&before).unwrap();
         for i in 0..ALEN / 4096 {
             let got = &seen[4096 * i..4096 * (i + 1)];
             if i < n {

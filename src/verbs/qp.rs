@@ -106,49 +106,34 @@ impl QueuePair {
         &self.cq
     }
 
-    /// The path MTU in bytes (`ibv_query_qp`): the largest packet of a transfer on this
-    /// connection (0 before the QP is connected).
-    pub fn path_mtu(&self) -> VerbsResult<usize> {
+    /// `ibv_query_qp` of the attributes in `mask` (`what` names them in errors).
+    fn query(&self, mask: ffi::ibv_qp_attr_mask, what: &str) -> VerbsResult<ffi::ibv_qp_attr> {
         // SAFETY: plain old data, overwritten by the call.
         let mut attr: ffi::ibv_qp_attr = unsafe { std::mem::zeroed() };
         // SAFETY: as above.
         let mut init: ffi::ibv_qp_init_attr = unsafe { std::mem::zeroed() };
         // SAFETY: the QP is live; both out-pointers are valid.
-        let ret = unsafe {
-            ffi::ibv_query_qp(
-                self.ptr.as_ptr(),
-                &mut attr,
-                ffi::ibv_qp_attr_mask::IBV_QP_PATH_MTU.0 as i32,
-                &mut init,
-            )
-        };
+        let ret =
+            unsafe { ffi::ibv_query_qp(self.ptr.as_ptr(), &mut attr, mask.0 as i32, &mut init) };
         if ret != 0 {
-            return Err(VerbsError::from_ret("ibv_query_qp", ret, "IBV_QP_PATH_MTU"));
+            return Err(VerbsError::from_ret("ibv_query_qp", ret, what.to_string()));
         }
+        Ok(attr)
+    }
+
+    /// The path MTU in bytes (`ibv_query_qp`): the largest packet of a transfer on this
+    /// connection (0 before the QP is connected).
+    pub fn path_mtu(&self) -> VerbsResult<usize> {
+        let attr = self.query(ffi::ibv_qp_attr_mask::IBV_QP_PATH_MTU, "IBV_QP_PATH_MTU")?;
         // IBV_MTU_256 = 1 ... IBV_MTU_4096 = 5.
-        let code = attr.path_mtu as u32;
+        let code = attr.path_mtu;
         Ok(if (1..=5).contains(&code) { 128 << code } else { 0 })
     }
 
     /// The QP's current state (`ibv_query_qp`).
     pub fn state(&self) -> VerbsResult<QpState> {
         use ffi::ibv_qp_state as S;
-        // SAFETY: plain old data, overwritten by the call.
-        let mut attr: ffi::ibv_qp_attr = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        let mut init: ffi::ibv_qp_init_attr = unsafe { std::mem::zeroed() };
-        // SAFETY: the QP is live; both out-pointers are valid.
-        let ret = unsafe {
-            ffi::ibv_query_qp(
-                self.ptr.as_ptr(),
-                &mut attr,
-                ffi::ibv_qp_attr_mask::IBV_QP_STATE.0 as i32,
-                &mut init,
-            )
-        };
-        if ret != 0 {
-            return Err(VerbsError::from_ret("ibv_query_qp", ret, "IBV_QP_STATE"));
-        }
+        let attr = self.query(ffi::ibv_qp_attr_mask::IBV_QP_STATE, "IBV_QP_STATE")?;
         Ok(match attr.qp_state {
             S::IBV_QPS_RESET => QpState::Reset,
             S::IBV_QPS_INIT => QpState::Init,

@@ -393,6 +393,31 @@ fn malformed(client: &LayoutClient, cfg: ClientConfig, report: &mut impl FnMut(&
     good.commit().expect("commit after the flood");
 }
 
+/// A peer running `script` on `export/name` (`len` bytes), once it said it is ready.
+pub fn ready_peer(
+    script: &str,
+    server: SocketAddr,
+    ex: &Export,
+    name: &str,
+    len: usize,
+) -> PeerProc {
+    let vars = [("PATH", format!("{}/{name}", ex.name)), ("LEN", len.to_string())];
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut peer = PeerProc::spawn(script, server, &vars);
+    peer.wait_ready(crate::region_support::WAIT);
+    peer
+}
+
+/// A breaker opens `file` and saves what it found; returns that content.
+pub fn save_on_break(file: &Path) -> Vec<u8> {
+    use crate::region_support::{WAIT, breaker, wait_child};
+    let tmp = std::env::temp_dir();
+    let [before, stamp] = ["before", "stamp"].map(|t| crate::guest::unique_path(&tmp, t));
+    let child = breaker("open-save", file, &[before.to_str().unwrap(), stamp.to_str().unwrap()]);
+    wait_child(child, WAIT);
+    std::fs::read(&before).unwrap()
+}
+
 /// Record `i` of a `stream` peer's file (u64 little-endian at 8*i).
 pub fn record(file: &[u8], i: usize) -> u64 {
     u64::from_le_bytes(file[8 * i..8 * i + 8].try_into().unwrap())
