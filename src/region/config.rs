@@ -100,11 +100,15 @@ pub struct ManagerConfig {
     /// RAM one region's scratch memory costs at most (retarget mode): one chunk of this
     /// size is mapped again and again over the region's length.
     pub scratch_chunk: usize,
+    /// Register file mappings in place (ODP or pinned) where the probe finds it works;
+    /// `false`: always stage in registered DRAM (no file page is ever pinned or faulted
+    /// in by the device; every peer write reaches the file through a commit).
+    pub in_place: bool,
 }
 
 impl ManagerConfig {
     /// Defaults for `device`: port 1, a 500 ms safety margin, 65 536 buffered events,
-    /// fence on the deadline, 1 MiB scratch chunks.
+    /// fence on the deadline, 1 MiB scratch chunks, in-place strategies allowed.
     pub fn new(device: impl Into<String>) -> ManagerConfig {
         ManagerConfig {
             device: device.into(),
@@ -113,6 +117,7 @@ impl ManagerConfig {
             event_capacity: 65_536,
             revocation: RevocationMode::Fence,
             scratch_chunk: 1 << 20,
+            in_place: true,
         }
     }
 }

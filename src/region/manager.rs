@@ -325,7 +325,12 @@ impl ManagerInner {
             .filter(|p| !p.as_os_str().is_empty())
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        let env = ProbeEnv { pd: &self.pd, odp: self.odp, port: self.cfg.port };
+        let env = ProbeEnv {
+            pd: &self.pd,
+            odp: self.odp,
+            port: self.cfg.port,
+            in_place: self.cfg.in_place,
+        };
         let d = probe(&env, &dir, access);
         tracing::info!(dir = %dir.display(), ?access, strategy = d.strategy.label(), reason = %d.reason, "strategy probed");
         self.decisions.lock().insert((dev, access), d.clone());

@@ -63,6 +63,8 @@ pub(crate) struct ProbeEnv<'a> {
     pub(crate) pd: &'a Arc<ProtectionDomain>,
     pub(crate) odp: OdpCaps,
     pub(crate) port: u8,
+    /// Whether in-place strategies may be used at all (`ManagerConfig::in_place`).
+    pub(crate) in_place: bool,
 }
 
 /// A scratch file, removed on drop.
@@ -97,6 +99,10 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 
 /// Decide the strategy for `access` on the file system holding `dir`.
 pub(crate) fn probe(env: &ProbeEnv<'_>, dir: &Path, access: Access) -> Decision {
+    if !env.in_place {
+        let reason = "in-place strategies disabled by the configuration".to_string();
+        return Decision { strategy: Strategy::Staging, reason, aligned: None };
+    }
     let s = match scratch(dir) {
         Ok(s) => s,
         Err(e) => {
