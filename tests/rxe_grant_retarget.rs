@@ -73,17 +73,28 @@ fn unreturned_grant_is_retargeted_to_scratch_and_rebound_after_the_rebuild() {
             let first = got.iter().zip(&b).position(|(x, y)| x != y).unwrap();
             let differ = got.iter().zip(&b).filter(|(x, y)| x != y).count();
             let like = |want: &[u8]| got[first..first + 64] == want[first..first + 64];
+            let retargeted = first >= 8192
+                && first + 64 <= 8192 + 65536
+                && got[first..first + 64] == x[first - 8192..first - 8192 + 64];
+            // Transient or lasting? Read again, then look at the file itself.
+            std::thread::sleep(Duration::from_millis(200));
+            let (_, again) = peer.read_from(&g, 0, LEN);
+            let info = (region.info().generation, region.info().state, region.strategy());
+            drop(g);
+            drop(region);
+            let file = std::fs::read(&path).unwrap();
             panic!(
                 "{fs}: the rebound key does not read the file's new bytes: {differ} bytes differ \
-                 from offset {first}; there it reads {:?}... (like the old content: {}, zeros: {}, \
-                 the retargeted write: {}); the file now {:?}...",
+                 from offset {first}; there it reads {:?}... (like the old content: {}, zeros: \
+                 {}, the retargeted write: {retargeted}); read again 200 ms later: {}; region \
+                 (generation, state, strategy) {info:?}; the file there now {:?}... (the \
+                 retargeted write: {})",
                 &got[first..first + 16],
                 like(&before),
                 got[first..first + 64].iter().all(|x| *x == 0),
-                first >= 8192
-                    && first + 64 <= 8192 + 65536
-                    && got[first..first + 64] == x[first - 8192..first - 8192 + 64],
-                &std::fs::read(&src).unwrap()[first..first + 16],
+                if again == b { "right" } else { "still wrong" },
+                &file[first..first + 16],
+                first >= 8192 && file[first..first + 64] == x[first - 8192..first - 8192 + 64],
             );
         }
         let c = pattern(4096, 3);
