@@ -351,13 +351,10 @@ impl Inner {
         st.state = LeaseState::Reacquiring { released: now };
         drop(st);
         if forced && !was_forced {
+            // Counted, not announced: the releaser learns it from the report. An event
+            // here would start a second revocation racing the rebuild that follows this
+            // release (it could revoke the rebuilt region with no break pending).
             self.counters.forced.fetch_add(1, Ordering::Relaxed);
-            self.emit(LeaseEvent::Forced {
-                file: entry.id,
-                path: entry.path.clone(),
-                arrived,
-                detected: now,
-            });
         }
         tracing::debug!(file = %entry.id, forced, "lease released");
         self.rt.spawn(reacquire::run(self.clone(), entry.clone(), now));

@@ -43,7 +43,9 @@ pub enum LeaseEvent {
         /// overflow) rather than routed by its signal.
         via_rescan: bool,
     },
-    /// Nobody released in time and the kernel broke the lease itself.
+    /// Nobody released in time and the kernel broke the lease itself (seen by the
+    /// deadline timer; a release that finds the lease already gone says so in its
+    /// [`ReleaseReport`](super::ReleaseReport) instead).
     Forced {
         /// The file.
         file: FileId,

@@ -20,6 +20,11 @@ pub(crate) async fn run(weak: Weak<ManagerInner>, mut events: LeaseEvents) {
                     Some(deadline),
                 ));
             }
+            // The revocation of the break this forced is still running (waiting for
+            // peers): it releases. Another one would race the rebuild after that release.
+            LeaseEvent::Forced { file, .. } if inner.revoking(file) => {
+                tracing::debug!(%file, "forced break: its revocation is under way");
+            }
             LeaseEvent::Forced { file, arrived, .. } => {
                 tokio::spawn(flow::revoke_file(
                     inner,

@@ -337,6 +337,11 @@ impl ManagerInner {
         d
     }
 
+    /// Whether a revocation of `file` is under way (one of its regions is revoking).
+    pub(crate) fn revoking(&self, file: FileId) -> bool {
+        self.regions_of(file).iter().any(|r| r.slot.lock().info.state == RegionState::Revoking)
+    }
+
     /// The live regions of `file`.
     pub(crate) fn regions_of(&self, file: FileId) -> Vec<Arc<RegionShared>> {
         let mut files = self.files.lock();
