@@ -14,7 +14,7 @@ use std::time::Duration;
 use filemr::grant::GrantState;
 use filemr::region::{Access, RegionEventKind, Strategy};
 use filemr::verbs::WcStatus;
-use guest::GuestEnv;
+use guest::{BreakTime, GuestEnv};
 use region_support::*;
 
 const LEN: usize = 4 << 20;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use filemr::grant::GrantState;
 use filemr::region::{Access, RegionEventKind, RevocationMode};
 use filemr::verbs::WcStatus;
-use guest::{GuestEnv, pattern};
+use guest::{BreakTime, GuestEnv, pattern};
 use region_support::*;
 
 const LEN: usize = 1 << 20;

@@ -9,7 +9,7 @@ mod region_support;
 use std::time::{Duration, Instant};
 
 use filemr::region::{Access, RegionEventKind, RevokeReason};
-use guest::GuestEnv;
+use guest::{BreakTime, GuestEnv};
 use region_support::*;
 
 #[test]

@@ -145,12 +145,7 @@ impl Config {
             return Err(invalid("export".into(), "no [[export]] table".into()));
         }
         for (i, e) in self.exports.iter().enumerate() {
-            if e.name.is_empty() || e.name.contains('/') || e.name == "." || e.name == ".." {
-                return Err(invalid(
-                    format!("export[{i}].name"),
-                    format!("{:?} is not one path component", e.name),
-                ));
-            }
+            Export::check_name(&e.name).map_err(|why| invalid(format!("export[{i}].name"), why))?;
             if self.exports[..i].iter().any(|o| o.name == e.name) {
                 return Err(invalid(
                     format!("export[{i}].name"),

@@ -10,20 +10,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "../../tests/guest/mod.rs"]
+mod guest;
+
 use filemr::layout::{ClientConfig, LayoutClient, LayoutEvent};
 use filemr::region::Access;
+use guest::{BreakTime, pattern, var};
 
 const PORT: u16 = 20049;
 const METRICS: &str = "127.0.0.1:9464";
 const PROMETHEUS: &str = "127.0.0.1:9091";
-
-fn var(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run in the guest"))
-}
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u32).wrapping_mul(31).wrapping_add(seed as u32 * 7 + 1) as u8).collect()
-}
 
 /// The daemon's systemd notifications, received on a real datagram socket.
 struct Notify {
@@ -350,24 +346,6 @@ fn filemrd_serves_reloads_reports_and_drains() {
         f[8192..12288] == pattern(4096, 9)[..],
         "the write committed on the recall is in the file"
     );
-}
-
-/// Restores the system's lease-break-time on drop.
-struct BreakTime(String);
-
-impl BreakTime {
-    fn set(secs: u32) -> BreakTime {
-        let path = "/proc/sys/fs/lease-break-time";
-        let old = std::fs::read_to_string(path).unwrap();
-        std::fs::write(path, secs.to_string()).unwrap();
-        BreakTime(old.trim().to_string())
-    }
-}
-
-impl Drop for BreakTime {
-    fn drop(&mut self) {
-        let _ = std::fs::write("/proc/sys/fs/lease-break-time", &self.0);
-    }
 }
 
 /// `filemr hold` in the background, its output in a file.

@@ -24,6 +24,17 @@ pub struct Export {
     pub read_only: bool,
 }
 
+impl Export {
+    /// Whether `name` can name an export: one path component, not `.` or `..` (the
+    /// first component of the paths peers ask for). The error says why not.
+    pub fn check_name(name: &str) -> Result<(), String> {
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(format!("{name:?} is not one path component"));
+        }
+        Ok(())
+    }
+}
+
 /// The exports with their roots held open (so a renamed or replaced root directory does
 /// not change what is served).
 #[derive(Debug)]
@@ -53,14 +64,8 @@ impl Exports {
     pub(crate) fn open(list: &[Export]) -> Result<Exports, LayoutError> {
         let mut out: Vec<(Export, OwnedFd)> = Vec::new();
         for e in list {
-            let bad_name =
-                e.name.is_empty() || e.name.contains('/') || e.name == "." || e.name == "..";
-            if bad_name {
-                return Err(LayoutError::Config(format!(
-                    "export name {:?} is not one path component",
-                    e.name
-                )));
-            }
+            Export::check_name(&e.name)
+                .map_err(|why| LayoutError::Config(format!("export name {why}")))?;
             if out.iter().any(|(o, _)| o.name == e.name) {
                 return Err(LayoutError::Config(format!("export {:?} is listed twice", e.name)));
             }

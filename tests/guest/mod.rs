@@ -49,7 +49,8 @@ impl LinkEnd {
     }
 }
 
-fn var(name: &str) -> String {
+/// The harness's variable `name`; panics with a hint outside the guest.
+pub fn var(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!(
             "{name} is not set: this test runs inside the SoftRoCE guest; use `cargo xtask test`"
@@ -93,4 +94,24 @@ pub fn unique_path(dir: &std::path::Path, tag: &str) -> PathBuf {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
     dir.join(format!("filemr-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)))
+}
+
+/// Sets `/proc/sys/fs/lease-break-time` and restores it on drop (also on panic). It is
+/// system-wide: only binaries whose tests all want it may use it.
+pub struct BreakTime(String);
+
+const BREAK_TIME: &str = "/proc/sys/fs/lease-break-time";
+
+impl BreakTime {
+    pub fn set(secs: u32) -> BreakTime {
+        let old = std::fs::read_to_string(BREAK_TIME).unwrap();
+        std::fs::write(BREAK_TIME, secs.to_string()).unwrap();
+        BreakTime(old.trim().to_string())
+    }
+}
+
+impl Drop for BreakTime {
+    fn drop(&mut self) {
+        let _ = std::fs::write(BREAK_TIME, &self.0);
+    }
 }

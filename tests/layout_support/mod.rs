@@ -18,11 +18,8 @@ use filemr::region::{Access, ManagerConfig};
 use filemr::verbs::WcStatus;
 use nix::errno::Errno;
 
+use crate::guest::var;
 use crate::region_support::{RT, manager};
-
-fn var(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run in the guest"))
-}
 
 /// Configures the process's manager for the server device (call first in every test).
 pub fn server_device(c: &mut ManagerConfig) {
@@ -433,10 +430,8 @@ pub fn exports() -> Vec<Export> {
 /// mode (`fence` or `retarget`, set by the test binary): the breaker opens the file and
 /// keeps it open 3 s. Returns nothing; asserts everything.
 pub fn silent_peer(mode: &str) {
-    use crate::guest::pattern;
-    use crate::region_support::{
-        BreakTime, WAIT, breaker, is_revoked, note, wait_child, wait_event,
-    };
+    use crate::guest::{BreakTime, pattern};
+    use crate::region_support::{WAIT, breaker, is_revoked, note, wait_child, wait_event};
     use filemr::region::RegionEventKind;
     const LEN: usize = 1 << 20;
     let _bt = BreakTime::set(3);

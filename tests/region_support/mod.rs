@@ -338,26 +338,6 @@ pub fn wait_recall(events: &mut RegionEvents, g: &Grant) {
     );
 }
 
-/// Sets `/proc/sys/fs/lease-break-time` and restores it on drop (also on panic). It is
-/// system-wide: only binaries whose tests all want it may use it.
-pub struct BreakTime(String);
-
-const BREAK_TIME: &str = "/proc/sys/fs/lease-break-time";
-
-impl BreakTime {
-    pub fn set(secs: u32) -> BreakTime {
-        let old = std::fs::read_to_string(BREAK_TIME).unwrap();
-        std::fs::write(BREAK_TIME, secs.to_string()).unwrap();
-        BreakTime(old.trim().to_string())
-    }
-}
-
-impl Drop for BreakTime {
-    fn drop(&mut self) {
-        let _ = std::fs::write(BREAK_TIME, &self.0);
-    }
-}
-
 /// Saves a line for the report in the guest's output directory (best effort).
 pub fn note(line: &str) {
     use std::io::Write;

@@ -34,9 +34,23 @@ pub(super) fn run(weak: Weak<Inner>) {
     }
 }
 
-/// One pass over the CM channel and the completion queue; whether anything happened.
+/// One pass over the completion queue, then the CM channel; whether anything happened.
 fn step(inner: &std::sync::Arc<Inner>) -> bool {
-    let mut progressed = false;
+    let mut progressed = completions(inner);
+    // After the frames: a reply that arrived before the server disconnected is filed
+    // first, and so is one that arrives while the disconnect is read.
+    while let Ok(Some(ev)) = inner.channel.try_next() {
+        progressed = true;
+        if matches!(ev.kind, CmEventKind::Disconnected | CmEventKind::DeviceRemoval) {
+            completions(inner);
+            close(inner, format!("{:?}", ev.kind));
+        }
+    }
+    progressed
+}
+
+/// Files what completed: frames, transfers, a broken link; whether anything did.
+fn completions(inner: &std::sync::Arc<Inner>) -> bool {
     let done = match inner.link.poll() {
         Ok(d) => d,
         Err(e) => {
@@ -44,8 +58,8 @@ fn step(inner: &std::sync::Arc<Inner>) -> bool {
             return true;
         }
     };
+    let progressed = !done.is_empty();
     for d in done {
-        progressed = true;
         match d {
             Completion::Frame(bytes) => on_frame(inner, &bytes),
             Completion::Data { wr_id, status } => {
@@ -53,20 +67,6 @@ fn step(inner: &std::sync::Arc<Inner>) -> bool {
                 inner.cv.notify_all();
             }
             Completion::Broken(status) => close(inner, format!("queue pair failed: {status:?}")),
-        }
-    }
-    // After the frames: a reply that arrived before the server disconnected is filed first.
-    while let Ok(Some(ev)) = inner.channel.try_next() {
-        progressed = true;
-        if matches!(ev.kind, CmEventKind::Disconnected | CmEventKind::DeviceRemoval) {
-            let _ = inner.link.poll().map(|late| {
-                for d in late {
-                    if let Completion::Frame(bytes) = d {
-                        on_frame(inner, &bytes);
-                    }
-                }
-            });
-            close(inner, format!("{:?}", ev.kind));
         }
     }
     progressed
