@@ -125,11 +125,13 @@ impl GrantShared {
         })
     }
 
-    /// Fences the grant: the window is invalidated and stays so.
+    /// Fences the grant: the window is freed (`ibv_dealloc_mw`, which unbinds it at
+    /// once), so its key fails for good. A synchronous verb, not a work request: fencing
+    /// needs neither a healthy queue pair nor a completion the application must hand
+    /// over (see [`CqPolling`](crate::verbs::CqPolling)).
     pub(crate) fn fence(&self, c: &mut GrantCell) {
-        if let Err(e) = self.unbind(c) {
-            tracing::warn!(grant = self.id, error = %e, "invalidate failed; window freed");
-        }
+        c.bound = Binding::None;
+        c.mw = None;
         c.state = GrantState::Fenced;
     }
 
@@ -215,11 +217,10 @@ impl Grant {
 }
 
 impl Drop for Grant {
+    /// Frees the window (which unbinds it): no work request, no wait.
     fn drop(&mut self) {
         let mut c = self.shared.cell.lock();
-        if let Err(e) = self.shared.unbind(&mut c) {
-            tracing::debug!(grant = self.shared.id, error = %e, "invalidate on drop");
-        }
+        c.bound = Binding::None;
         c.state = GrantState::Released;
         c.mw = None;
     }

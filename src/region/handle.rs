@@ -241,13 +241,23 @@ impl Region {
         let s = &self.shared;
         let mgr = &self.mgr;
         let bad = |why: String| RegionError::GrantQp { id: s.id, qp: qp.qp_num(), why };
-        if !Arc::ptr_eq(qp.pd(), &mgr.pd) {
+        if qp.pd().as_raw() != mgr.pd.as_raw() {
             return Err(bad("the queue pair is in another protection domain".into()));
         }
         match qp.state() {
             Ok(QpState::ReadyToSend) => {}
             Ok(other) => {
                 return Err(bad(format!("the queue pair is {other:?}, not ready to send")));
+            }
+            Err(e) => return Err(bad(e.to_string())),
+        }
+        match qp.remote_access() {
+            Ok(rights) if rights.contains(s.access.mw_access()) => {}
+            Ok(rights) => {
+                return Err(bad(format!(
+                    "the queue pair lets peers use {rights:?}, the grant needs {:?}",
+                    s.access.mw_access()
+                )));
             }
             Err(e) => return Err(bad(e.to_string())),
         }

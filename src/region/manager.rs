@@ -83,11 +83,28 @@ impl Manager {
     /// background task that revokes and rebuilds regions; registers the metrics in
     /// `registry`. Must be called inside a tokio runtime.
     pub fn new(cfg: ManagerConfig, registry: &mut Registry) -> Result<Manager, RegionError> {
-        let rt = tokio::runtime::Handle::try_current().map_err(|_| RegionError::NoRuntime)?;
         let device = |source| RegionError::Device { device: cfg.device.clone(), source };
         let ctx = Arc::new(Context::open(&cfg.device).map_err(device)?);
-        let odp = ctx.caps().map_err(device)?.odp;
         let pd = ProtectionDomain::new(&ctx).map_err(device)?;
+        Manager::with_protection_domain(cfg, pd, registry)
+    }
+
+    /// A manager over the application's own protection domain (and so its device
+    /// context): regions are registered in `pd`, so the application's queue pairs in
+    /// `pd` can be granted regions (see [`QueuePair::from_raw`](crate::verbs::QueuePair::from_raw))
+    /// and can use the regions' memory in their own work requests. Adopt raw verbs objects
+    /// with [`Context::from_raw`] and [`ProtectionDomain::from_raw`]; `docs/embedding.md`
+    /// has the ownership rules. `cfg.device` is replaced by the name of `pd`'s device.
+    /// Must be called inside a tokio runtime.
+    pub fn with_protection_domain(
+        mut cfg: ManagerConfig,
+        pd: Arc<ProtectionDomain>,
+        registry: &mut Registry,
+    ) -> Result<Manager, RegionError> {
+        let rt = tokio::runtime::Handle::try_current().map_err(|_| RegionError::NoRuntime)?;
+        cfg.device = pd.context().name().to_string();
+        let device = |source| RegionError::Device { device: cfg.device.clone(), source };
+        let odp = pd.context().caps().map_err(device)?.odp;
         let engine = LeaseEngine::start().map_err(|e| match e {
             LeaseError::AlreadyRunning => RegionError::EngineAlreadyRunning,
             LeaseError::NoRuntime => RegionError::NoRuntime,

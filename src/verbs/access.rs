@@ -25,6 +25,11 @@ impl Access {
         Access(self.0 | other.0)
     }
 
+    /// The rights named by raw `IBV_ACCESS_*` bits (unknown bits are kept).
+    pub fn from_bits(bits: u32) -> Access {
+        Access(bits)
+    }
+
     /// The raw `IBV_ACCESS_*` bits.
     pub fn bits(self) -> u32 {
         self.0

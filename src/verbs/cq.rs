@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use rdma_sys as ffi;
 
 use super::device::Context;
@@ -67,18 +67,18 @@ pub fn is_reserved_wr_id(wr_id: u64) -> bool {
 
 /// Completions polled by one caller on behalf of another: filemr's own (keyed by
 /// `wr_id`) found by an application poll, and the application's found while filemr
-/// waited for its own.
+/// waited for its own (kept whole: the application may need every field).
 #[derive(Default)]
 struct Stash {
     reserved: HashMap<u64, WorkCompletion>,
-    others: VecDeque<WorkCompletion>,
+    others: VecDeque<ffi::ibv_wc>,
 }
 
 impl Stash {
     /// Keeps `wc` if it is one of filemr's own; hands it back otherwise.
-    fn keep_reserved(&mut self, wc: WorkCompletion) -> Option<WorkCompletion> {
+    fn keep_reserved(&mut self, wc: ffi::ibv_wc) -> Option<ffi::ibv_wc> {
         if is_reserved_wr_id(wc.wr_id) {
-            self.reserved.insert(wc.wr_id, wc);
+            self.reserved.insert(wc.wr_id, WorkCompletion::from_raw(&wc));
             None
         } else {
             Some(wc)
@@ -86,15 +86,48 @@ impl Stash {
     }
 }
 
-/// A completion queue (`ibv_cq`), destroyed on drop.
+impl WorkCompletion {
+    fn from_raw(wc: &ffi::ibv_wc) -> WorkCompletion {
+        WorkCompletion {
+            wr_id: wc.wr_id,
+            status: WcStatus::from_raw(wc.status),
+            byte_len: wc.byte_len,
+            qp_num: wc.qp_num,
+        }
+    }
+}
+
+/// Who polls a completion queue that carries filemr's own completions (see
+/// [`RESERVED_WR_ID_TAG`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CqPolling {
+    /// filemr polls it when it waits for its own work, and the application polls it
+    /// only through [`CompletionQueue::poll`] or [`CompletionQueue::poll_wc`] (never
+    /// `ibv_poll_cq` directly): each side sets aside what it finds for the other. Works
+    /// whatever thread calls what; every queue filemr creates is of this kind.
+    Shared,
+    /// Only the application polls it, with its own code, and hands every completion
+    /// whose `wr_id` is reserved to [`CompletionQueue::deliver`]. filemr's calls that
+    /// post work on a queue pair using it (a grant, a return, a rebind or retarget
+    /// during a break) wait for that hand-over, so they must not run on the thread that
+    /// polls, and time out (`ETIMEDOUT`) if the hand-over never comes.
+    Application,
+}
+
+/// A completion queue (`ibv_cq`), destroyed on drop unless it was adopted from the
+/// application with [`CompletionQueue::from_raw`].
 ///
 /// It may be shared between the application and filemr: completions of filemr's own
 /// work requests (see [`RESERVED_WR_ID_TAG`]) are set aside for filemr and never
-/// returned by [`CompletionQueue::poll`].
+/// returned by [`CompletionQueue::poll`]; see [`CqPolling`] for the two ways to share.
 pub struct CompletionQueue {
     ptr: NonNull<ffi::ibv_cq>,
     ctx: Arc<Context>,
+    polling: CqPolling,
+    owned: bool,
     stash: Mutex<Stash>,
+    /// Signalled when [`CompletionQueue::deliver`] files one of filemr's completions.
+    delivered: Condvar,
 }
 
 // SAFETY: verbs objects are thread-safe.
@@ -114,11 +147,64 @@ impl CompletionQueue {
         };
         let ptr = NonNull::new(cq)
             .ok_or_else(|| VerbsError::last("ibv_create_cq", format!("{entries} entries")))?;
-        Ok(Arc::new(CompletionQueue { ptr, ctx: ctx.clone(), stash: Mutex::default() }))
+        Ok(Self::wrap(ptr, ctx, CqPolling::Shared, true))
+    }
+
+    fn wrap(
+        ptr: NonNull<ffi::ibv_cq>,
+        ctx: &Arc<Context>,
+        polling: CqPolling,
+        owned: bool,
+    ) -> Arc<CompletionQueue> {
+        Arc::new(CompletionQueue {
+            ptr,
+            ctx: ctx.clone(),
+            polling,
+            owned,
+            stash: Mutex::default(),
+            delivered: Condvar::new(),
+        })
+    }
+
+    /// Adopts a completion queue the application created on `ctx`, polled as `polling`
+    /// says. filemr never destroys it. Fails with `EINVAL` for a NULL pointer or a queue
+    /// of another context.
+    ///
+    /// # Safety
+    ///
+    /// `cq` must be a live `ibv_cq`, and the application must keep it until this value
+    /// and the queue pairs adopted with it are dropped.
+    pub unsafe fn from_raw(
+        ctx: &Arc<Context>,
+        cq: *mut ffi::ibv_cq,
+        polling: CqPolling,
+    ) -> VerbsResult<Arc<CompletionQueue>> {
+        let Some(ptr) = NonNull::new(cq) else {
+            return Err(VerbsError::new("ibv_cq", Errno::EINVAL, "NULL completion queue"));
+        };
+        // SAFETY: the caller promises a live CQ; `context` is set by libibverbs.
+        if unsafe { ptr.as_ref().context } != ctx.as_ptr() {
+            return Err(VerbsError::new(
+                "ibv_cq",
+                Errno::EINVAL,
+                format!("the completion queue belongs to another context than {}'s", ctx.name()),
+            ));
+        }
+        Ok(Self::wrap(ptr, ctx, polling, false))
     }
 
     pub(crate) fn as_ptr(&self) -> *mut ffi::ibv_cq {
         self.ptr.as_ptr()
+    }
+
+    /// The raw `ibv_cq` (to create queue pairs on it). Poll it as its [`CqPolling`] says.
+    pub fn as_raw(&self) -> *mut ffi::ibv_cq {
+        self.ptr.as_ptr()
+    }
+
+    /// Who polls it.
+    pub fn polling(&self) -> CqPolling {
+        self.polling
     }
 
     /// The device context.
@@ -127,7 +213,7 @@ impl CompletionQueue {
     }
 
     /// One completion straight from the device queue, if any.
-    fn poll_raw(&self) -> VerbsResult<Option<WorkCompletion>> {
+    fn poll_raw(&self) -> VerbsResult<Option<ffi::ibv_wc>> {
         // SAFETY: `ibv_wc` is plain old data; zero is a valid value to be overwritten.
         let mut wc: ffi::ibv_wc = unsafe { std::mem::zeroed() };
         // SAFETY: the CQ is live and `wc` has room for one entry.
@@ -135,30 +221,62 @@ impl CompletionQueue {
         if n < 0 {
             return Err(VerbsError::from_ret("ibv_poll_cq", n, ""));
         }
-        Ok((n > 0).then(|| WorkCompletion {
-            wr_id: wc.wr_id,
-            status: WcStatus::from_raw(wc.status),
-            byte_len: wc.byte_len,
-            qp_num: wc.qp_num,
-        }))
+        Ok((n > 0).then_some(wc))
     }
 
     /// Poll up to `max` completions without blocking (completions of filemr's own work
     /// requests are set aside, not returned).
     pub fn poll(&self, max: usize) -> VerbsResult<Vec<WorkCompletion>> {
+        let mut raw = Vec::with_capacity(max.min(64));
         let mut stash = self.stash.lock();
         let take = max.min(stash.others.len());
-        let mut out: Vec<WorkCompletion> = stash.others.drain(..take).collect();
-        while out.len() < max {
+        raw.extend(stash.others.drain(..take));
+        while raw.len() < max {
             let Some(wc) = self.poll_raw()? else { break };
-            out.extend(stash.keep_reserved(wc));
+            raw.extend(stash.keep_reserved(wc));
         }
-        Ok(out)
+        Ok(raw.iter().map(WorkCompletion::from_raw).collect())
+    }
+
+    /// [`CompletionQueue::poll`] with whole `ibv_wc` entries (opcode, immediate data,
+    /// flags...): fills the front of `out` and returns how many it filled. What an
+    /// application that polls a [`CqPolling::Shared`] queue calls instead of
+    /// `ibv_poll_cq`.
+    pub fn poll_wc(&self, out: &mut [ffi::ibv_wc]) -> VerbsResult<usize> {
+        let mut stash = self.stash.lock();
+        let mut n = 0;
+        while n < out.len() {
+            let Some(wc) = stash.others.pop_front() else { break };
+            out[n] = wc;
+            n += 1;
+        }
+        while n < out.len() {
+            let Some(wc) = self.poll_raw()? else { break };
+            if let Some(wc) = stash.keep_reserved(wc) {
+                out[n] = wc;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Hands filemr a completion the application polled from a [`CqPolling::Application`]
+    /// queue. Returns `true` if it was filemr's (its `wr_id` is reserved: filemr keeps
+    /// it; the application ignores it), `false` if it is the application's own.
+    pub fn deliver(&self, wc: &ffi::ibv_wc) -> bool {
+        if !is_reserved_wr_id(wc.wr_id) {
+            return false;
+        }
+        self.stash.lock().reserved.insert(wc.wr_id, WorkCompletion::from_raw(wc));
+        self.delivered.notify_all();
+        true
     }
 
     /// Waits for the completion of filemr's own work request `wr_id` (see
-    /// [`RESERVED_WR_ID_TAG`]) for up to `timeout` (`ETIMEDOUT`), keeping the other
-    /// completions it meets for [`CompletionQueue::poll`].
+    /// [`RESERVED_WR_ID_TAG`]) for up to `timeout` (`ETIMEDOUT`): polls a
+    /// [`CqPolling::Shared`] queue itself, keeping the other completions it meets for the
+    /// application, and waits for [`CompletionQueue::deliver`] on a
+    /// [`CqPolling::Application`] one.
     pub(crate) fn wait_reserved(
         &self,
         wr_id: u64,
@@ -171,23 +289,43 @@ impl CompletionQueue {
                 if let Some(wc) = stash.reserved.remove(&wr_id) {
                     return Ok(wc);
                 }
-                while let Some(wc) = self.poll_raw()? {
-                    if wc.wr_id == wr_id {
-                        return Ok(wc);
+                match self.polling {
+                    CqPolling::Shared => {
+                        while let Some(wc) = self.poll_raw()? {
+                            if wc.wr_id == wr_id {
+                                return Ok(WorkCompletion::from_raw(&wc));
+                            }
+                            if let Some(other) = stash.keep_reserved(wc) {
+                                stash.others.push_back(other);
+                            }
+                        }
                     }
-                    if let Some(other) = stash.keep_reserved(wc) {
-                        stash.others.push_back(other);
+                    CqPolling::Application => {
+                        let left = timeout.saturating_sub(start.elapsed());
+                        self.delivered.wait_for(&mut stash, left.min(Duration::from_millis(50)));
+                        if let Some(wc) = stash.reserved.remove(&wr_id) {
+                            return Ok(wc);
+                        }
                     }
                 }
             }
             if start.elapsed() > timeout {
+                let hint = match self.polling {
+                    CqPolling::Shared => "",
+                    CqPolling::Application => {
+                        "; the application polls this queue and must hand filemr's \
+                         completions to CompletionQueue::deliver"
+                    }
+                };
                 return Err(VerbsError::new(
                     "ibv_poll_cq",
                     Errno::ETIMEDOUT,
-                    format!("no completion of work request {wr_id:#x} in {timeout:?}"),
+                    format!("no completion of work request {wr_id:#x} in {timeout:?}{hint}"),
                 ));
             }
-            std::thread::sleep(Duration::from_micros(20));
+            if self.polling == CqPolling::Shared {
+                std::thread::sleep(Duration::from_micros(20));
+            }
         }
     }
 
@@ -212,6 +350,9 @@ impl CompletionQueue {
 
 impl Drop for CompletionQueue {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         // SAFETY: QPs using this CQ hold an Arc to it, so none is alive; destroyed once.
         let ret = unsafe { ffi::ibv_destroy_cq(self.as_ptr()) };
         if ret != 0 {

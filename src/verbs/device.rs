@@ -126,10 +126,13 @@ type QueryDeviceEx = unsafe extern "C" fn(
     usize,
 ) -> i32;
 
-/// An open RDMA device (`ibv_context`), closed on drop.
+/// An open RDMA device (`ibv_context`), closed on drop unless it was adopted from the
+/// application with [`Context::from_raw`].
 pub struct Context {
     ptr: NonNull<ffi::ibv_context>,
     name: String,
+    /// Opened by filemr (closed on drop), or the application's (left open).
+    owned: bool,
 }
 
 // SAFETY: libibverbs contexts are thread-safe; all verbs on them may be called from any
@@ -156,7 +159,7 @@ impl Context {
                 let ctx = unsafe { ffi::ibv_open_device(dev) };
                 let ptr =
                     NonNull::new(ctx).ok_or_else(|| VerbsError::last("ibv_open_device", name))?;
-                return Ok(Context { ptr, name: n });
+                return Ok(Context { ptr, name: n, owned: true });
             }
             seen.push(n);
         }
@@ -167,9 +170,38 @@ impl Context {
         ))
     }
 
+    /// Adopts a context the application opened (with `ibv_open_device`, librdmacm or
+    /// another verbs library). filemr never closes it.
+    ///
+    /// # Safety
+    ///
+    /// `ctx` must be an open `ibv_context` of the libibverbs this process links, and the
+    /// application must keep it open until this value and everything built on it
+    /// (protection domains, completion queues, a manager and its regions) are dropped.
+    pub unsafe fn from_raw(ctx: *mut ffi::ibv_context) -> VerbsResult<Context> {
+        let Some(ptr) = NonNull::new(ctx) else {
+            return Err(VerbsError::new("ibv_context", nix::errno::Errno::EINVAL, "NULL context"));
+        };
+        // SAFETY: the caller promises an open context; its `device` is set by libibverbs.
+        let dev = unsafe { ptr.as_ref().device };
+        let name = if dev.is_null() { String::new() } else { device_name(dev) };
+        Ok(Context { ptr, name, owned: false })
+    }
+
     /// The device's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether filemr opened this context (and closes it on drop).
+    pub fn is_owned(&self) -> bool {
+        self.owned
+    }
+
+    /// The raw `ibv_context`, for the application's own verbs calls. It stays valid while
+    /// this value lives; do not close it.
+    pub fn as_raw(&self) -> *mut ffi::ibv_context {
+        self.ptr.as_ptr()
     }
 
     pub(crate) fn as_ptr(&self) -> *mut ffi::ibv_context {
@@ -319,6 +351,9 @@ impl Context {
 
 impl Drop for Context {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         // SAFETY: every child object holds an Arc to the context (through its PD or CQ), so
         // none is alive here; the context is closed exactly once.
         unsafe { ffi::ibv_close_device(self.as_ptr()) };

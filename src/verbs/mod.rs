@@ -20,10 +20,15 @@ mod qp;
 pub use access::Access;
 pub use async_event::{AsyncEvent, AsyncEvents};
 pub use cm::{CmChannel, CmEvent, CmEventKind, CmId};
-pub use cq::{CompletionQueue, RESERVED_WR_ID_TAG, WcStatus, WorkCompletion, is_reserved_wr_id};
+pub use cq::{
+    CompletionQueue, CqPolling, RESERVED_WR_ID_TAG, WcStatus, WorkCompletion, is_reserved_wr_id,
+};
 pub use device::{Context, DeviceCaps, OdpCaps, PortInfo, device_names};
 pub use error::{VerbsError, VerbsResult};
 pub use mr::MemoryRegion;
 pub use mw::{MemoryWindow, MwType};
 pub use pd::ProtectionDomain;
 pub use qp::{QpState, QueuePair, RemoteBuf};
+/// The FFI crate filemr's raw handles come from (`ibv_context`, `ibv_pd`, `ibv_cq`,
+/// `ibv_qp`, `ibv_wc`), re-exported so an application passes exactly these types.
+pub use rdma_sys as ffi;

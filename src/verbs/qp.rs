@@ -46,7 +46,8 @@ pub struct RemoteBuf {
     pub rkey: u32,
 }
 
-/// A reliable-connected queue pair (`ibv_qp`, `IBV_QPT_RC`), destroyed on drop.
+/// A reliable-connected queue pair (`ibv_qp`, `IBV_QPT_RC`), destroyed on drop unless it
+/// was adopted from the application with [`QueuePair::from_raw`].
 pub struct QueuePair {
     ptr: NonNull<ffi::ibv_qp>,
     pd: Arc<ProtectionDomain>,
@@ -54,6 +55,7 @@ pub struct QueuePair {
     /// Sequence of filemr's own work requests on this QP (their `wr_id`s carry
     /// [`RESERVED_WR_ID_TAG`]).
     local_ops: AtomicU64,
+    owned: bool,
 }
 
 // SAFETY: verbs objects are thread-safe.
@@ -78,7 +80,74 @@ impl QueuePair {
         // SAFETY: PD and CQ are live and outlive the QP (we keep Arcs).
         let qp = unsafe { ffi::ibv_create_qp(pd.as_ptr(), &mut init) };
         let ptr = NonNull::new(qp).ok_or_else(|| VerbsError::last("ibv_create_qp", "RC"))?;
-        Ok(QueuePair { ptr, pd: pd.clone(), cq: cq.clone(), local_ops: AtomicU64::new(0) })
+        Ok(QueuePair {
+            ptr,
+            pd: pd.clone(),
+            cq: cq.clone(),
+            local_ops: AtomicU64::new(0),
+            owned: true,
+        })
+    }
+
+    /// Adopts an RC queue pair the application created in `pd` with `send_cq` as its send
+    /// completion queue, so regions can be granted on it: filemr posts its memory-window
+    /// binds and invalidations on it (signaled, with reserved `wr_id`s, see
+    /// [`RESERVED_WR_ID_TAG`]; each takes one send-queue slot until its completion) and
+    /// finds their completions in `send_cq` as its [`CqPolling`](super::CqPolling)
+    /// says. filemr never destroys or modifies it. Fails with `EINVAL` for a NULL pointer,
+    /// a queue pair of another protection domain, another send completion queue than
+    /// `send_cq`, or a queue pair that is not reliable-connected.
+    ///
+    /// # Safety
+    ///
+    /// `qp` must be a live `ibv_qp`, and the application must keep it until this value
+    /// and the grants made on it are dropped.
+    pub unsafe fn from_raw(
+        pd: &Arc<ProtectionDomain>,
+        send_cq: &Arc<CompletionQueue>,
+        qp: *mut ffi::ibv_qp,
+    ) -> VerbsResult<QueuePair> {
+        let bad = |why: String| VerbsError::new("ibv_qp", Errno::EINVAL, why);
+        let Some(ptr) = NonNull::new(qp) else { return Err(bad("NULL queue pair".into())) };
+        // SAFETY: the caller promises a live QP; these fields are set by libibverbs.
+        let (qp_pd, qp_cq, qp_type, num) = unsafe {
+            let q = ptr.as_ref();
+            (q.pd, q.send_cq, q.qp_type, q.qp_num)
+        };
+        if qp_pd != pd.as_ptr() {
+            return Err(bad(format!("queue pair {num} is in another protection domain")));
+        }
+        if qp_cq != send_cq.as_ptr() {
+            return Err(bad(format!("queue pair {num} sends to another completion queue")));
+        }
+        if qp_type != ffi::ibv_qp_type::IBV_QPT_RC {
+            return Err(bad(format!(
+                "queue pair {num} is not reliable-connected (type {qp_type})"
+            )));
+        }
+        Ok(QueuePair {
+            ptr,
+            pd: pd.clone(),
+            cq: send_cq.clone(),
+            local_ops: AtomicU64::new(0),
+            owned: false,
+        })
+    }
+
+    /// The raw `ibv_qp`. It stays valid while this value lives.
+    pub fn as_raw(&self) -> *mut ffi::ibv_qp {
+        self.ptr.as_ptr()
+    }
+
+    /// Whether filemr created this queue pair (and destroys it on drop).
+    pub fn is_owned(&self) -> bool {
+        self.owned
+    }
+
+    /// The remote rights the queue pair lets peers use (`IBV_QP_ACCESS_FLAGS`).
+    pub fn remote_access(&self) -> VerbsResult<Access> {
+        let attr = self.query(ffi::ibv_qp_attr_mask::IBV_QP_ACCESS_FLAGS, "IBV_QP_ACCESS_FLAGS")?;
+        Ok(Access::from_bits(attr.qp_access_flags))
     }
 
     /// Two RC QPs on the same device connected to each other through the device's own
@@ -170,7 +239,8 @@ impl QueuePair {
             .checked_sub(mr.addr())
             .and_then(|off| off.checked_add(len as u64))
             .is_some_and(|end| end <= mr.len() as u64);
-        if mw.kind() != MwType::Type2 || !inside || len == 0 || !Arc::ptr_eq(mr.pd(), &self.pd) {
+        if mw.kind() != MwType::Type2 || !inside || len == 0 || mr.pd().as_ptr() != self.pd.as_ptr()
+        {
             return Err(VerbsError::new("ibv_post_send(BIND_MW)", Errno::EINVAL, detail()));
         }
         // SAFETY: plain old data (pointers null, unions zeroed); fields set below.
@@ -333,7 +403,7 @@ impl QueuePair {
                 format!("local range {offset}+{len} outside MR of {} bytes", local.len()),
             ));
         };
-        if !Arc::ptr_eq(local.pd(), &self.pd) {
+        if local.pd().as_ptr() != self.pd.as_ptr() {
             return Err(VerbsError::new(
                 "ibv_post_send",
                 Errno::EINVAL,
@@ -431,6 +501,9 @@ impl QueuePair {
 
 impl Drop for QueuePair {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         // SAFETY: created by us and destroyed exactly once.
         let ret = unsafe { ffi::ibv_destroy_qp(self.ptr.as_ptr()) };
         if ret != 0 {

@@ -35,11 +35,7 @@ pub struct Shared {
 pub static CONFIGURE: std::sync::OnceLock<fn(&mut ManagerConfig)> = std::sync::OnceLock::new();
 
 static SHARED: LazyLock<Shared> = LazyLock::new(|| {
-    // filemr's logs on stderr (FILEMR_LOG, default info): they land in the test's log.
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FILEMR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("filemr=info"));
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    init_logging();
     let env = GuestEnv::get();
     let mut registry = Registry::default();
     let _enter = RT.enter();
@@ -50,6 +46,14 @@ static SHARED: LazyLock<Shared> = LazyLock::new(|| {
     let mgr = Manager::new(cfg, &mut registry).expect("manager");
     Shared { mgr, registry: Mutex::new(registry) }
 });
+
+/// filemr's logs on stderr (FILEMR_LOG, default info): they land in the test's log.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FILEMR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("filemr=info"));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
 
 /// The process's manager.
 pub fn manager() -> &'static Manager {
@@ -66,9 +70,20 @@ pub fn register(
     len: usize,
     access: filemr::region::Access,
 ) -> Result<filemr::region::Region, filemr::region::RegionError> {
+    register_with(manager(), path, offset, len, access)
+}
+
+/// [`register`] with another manager than the process's (a test that builds its own).
+pub fn register_with(
+    mgr: &Manager,
+    path: &Path,
+    offset: u64,
+    len: usize,
+    access: filemr::region::Access,
+) -> Result<filemr::region::Region, filemr::region::RegionError> {
     let mut tries = 0;
     loop {
-        match manager().register(path, offset, len, access) {
+        match mgr.register(path, offset, len, access) {
             Err(filemr::region::RegionError::Lease(
                 filemr::lease::LeaseError::OtherOpenExists { .. }
                 | filemr::lease::LeaseError::WriterHasFileOpen { .. },

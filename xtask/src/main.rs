@@ -95,6 +95,8 @@ fn test(
         total.add(&host);
     }
     util::step("building integration tests for the guests");
+    // tests/rxe_embed.rs runs the `embed` example, found next to its own executable.
+    cargo::example_binary("filemr", "embed")?;
     let mut bins = cargo::integration_test_binaries()?;
     if !only.is_empty() {
         bins.retain(|(name, _)| only.iter().any(|p| name.starts_with(p.as_str())));
