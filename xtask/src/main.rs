@@ -3,6 +3,7 @@
 //! `test` is the project's one test command: host checks and tests, then the integration
 //! tests inside SoftRoCE guests booted under qemu (TCG) with stock Debian kernels.
 
+mod capi;
 mod cargo;
 mod deploy;
 mod guest;
@@ -14,11 +15,13 @@ use std::process::ExitCode;
 
 use summary::Tally;
 
-const USAGE: &str = "usage: cargo xtask <test|demo|bench> [--kernel bookworm|trixie-bpo]... [--guests-only]\n\
+const USAGE: &str = "usage: cargo xtask <test|demo|bench|header|install-c> [--kernel bookworm|trixie-bpo]... [--guests-only]\n\
   test   fmt + clippy + host tests, then integration tests in SoftRoCE guests\n\
   demo   boot the guests; filemrd, peers and two lease breaks, with the timeline\n\
          (--matrix: the device capabilities and the registration matrix instead)\n\
   bench  run the benchmarks on the host and in the guests\n\
+  header regenerate bindings/c/include/filemr.h with cbindgen\n\
+  install-c --prefix DIR  build the C library (release) and install it, filemr.h and filemr.pc\n\
   --kernel ID    only this guest kernel (repeatable)\n\
   --guests-only  test: skip fmt, clippy and host tests (for iterating on guest tests)\n\
   --only PREFIX  test: only the guest test binaries whose name starts with PREFIX (repeatable)";
@@ -47,6 +50,23 @@ fn main() -> ExitCode {
             rest.push(a.clone());
         }
     }
+    if cmd == "install-c" {
+        return match rest.as_slice() {
+            [flag, prefix] if flag == "--prefix" => {
+                match capi::install(std::path::Path::new(prefix), true) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("xtask: error: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            _ => {
+                eprintln!("xtask: install-c needs --prefix DIR\n{USAGE}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let kernels = match guest::kernels::select(&rest) {
         Ok(k) => k,
         Err(e) => {
@@ -58,6 +78,8 @@ fn main() -> ExitCode {
         "test" => test(&kernels, guests_only, &only),
         "demo" => demo(&kernels, matrix),
         "bench" => bench(&kernels, guests_only),
+        "header" => capi::write_header().map(|()| true),
+        "install-c" => unreachable!("handled before the kernel selection"),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
@@ -87,6 +109,8 @@ fn test(
         cargo::run(&["fmt", "--all", "--check"])?;
         util::step("cargo clippy -- -D warnings");
         cargo::run(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+        util::step("C API: the checked-in header matches the sources");
+        capi::check_header()?;
         util::step("deploy/: promtool check and test rules, systemd-analyze verify");
         deploy::check()?;
         util::step("host tests");
@@ -97,6 +121,8 @@ fn test(
     util::step("building integration tests for the guests");
     // tests/rxe_embed.rs runs the `embed` example, found next to its own executable.
     cargo::example_binary("filemr", "embed")?;
+    util::step("C API: install, build the C programs with pkg-config and ASan");
+    capi::build_programs()?;
     let mut bins = cargo::integration_test_binaries()?;
     if !only.is_empty() {
         bins.retain(|(name, _)| only.iter().any(|p| name.starts_with(p.as_str())));

@@ -28,6 +28,12 @@ pub const PACKAGES: &[&str] = &[
     // promtool: `cargo xtask test` checks deploy/prometheus/filemr.rules.yml and runs its
     // unit tests; the guests run the prometheus server itself to scrape filemrd.
     "prometheus",
+    // The C API's programs (examples/c, bindings/c/tests) are built with the system C
+    // compiler under AddressSanitizer and UndefinedBehaviorSanitizer.
+    "gcc",
+    "libc6-dev",
+    "libasan8",
+    "libubsan1",
     // /bin/kill, the ExecReload= of deploy/systemd/filemrd.service, which
     // `systemd-analyze verify` requires to exist (minimal images lack it).
     "procps",
