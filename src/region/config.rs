@@ -104,11 +104,21 @@ pub struct ManagerConfig {
     /// `false`: always stage in registered DRAM (no file page is ever pinned or faulted
     /// in by the device; every peer write reaches the file through a commit).
     pub in_place: bool,
+    /// Bytes of locked memory (pinned and staging regions; ODP locks none) the manager's
+    /// regions may hold at once: a registration beyond it is refused up front with
+    /// [`RegionError::MemlockBudget`](super::RegionError::MemlockBudget), before anything
+    /// is leased or registered. `None`: no budget of filemr's own (the kernel's
+    /// `RLIMIT_MEMLOCK` still applies, and `ibv_reg_mr` fails with `ENOMEM` beyond it:
+    /// [`RegionError::MemlockLimit`](super::RegionError::MemlockLimit)). Set it at or
+    /// below `RLIMIT_MEMLOCK` minus what the application locks itself. Scratch memory of
+    /// retargeted grants is not counted.
+    pub memlock_budget: Option<u64>,
 }
 
 impl ManagerConfig {
     /// Defaults for `device`: port 1, a 500 ms safety margin, 65 536 buffered events,
-    /// fence on the deadline, 1 MiB scratch chunks, in-place strategies allowed.
+    /// fence on the deadline, 1 MiB scratch chunks, in-place strategies allowed, no memlock
+    /// budget.
     pub fn new(device: impl Into<String>) -> ManagerConfig {
         ManagerConfig {
             device: device.into(),
@@ -118,6 +128,7 @@ impl ManagerConfig {
             revocation: RevocationMode::Fence,
             scratch_chunk: 1 << 20,
             in_place: true,
+            memlock_budget: None,
         }
     }
 }

@@ -85,6 +85,25 @@ pub enum RegionError {
         /// The failed verb.
         source: VerbsError,
     },
+    /// The registration would lock more memory than [`ManagerConfig::memlock_budget`]
+    /// allows (refused before anything was leased or registered).
+    ///
+    /// [`ManagerConfig::memlock_budget`]: super::ManagerConfig::memlock_budget
+    #[error("{}: range {offset}+{len}: would lock {needed} bytes, and {used} of the manager's memlock budget of {budget} bytes are in use (ManagerConfig::memlock_budget)", path.display())]
+    MemlockBudget {
+        /// The file.
+        path: PathBuf,
+        /// The offset.
+        offset: u64,
+        /// The length.
+        len: usize,
+        /// Bytes the region would lock (whole pages).
+        needed: u64,
+        /// Bytes locked by the manager's regions now.
+        used: u64,
+        /// The budget.
+        budget: u64,
+    },
     /// Registering the memory region failed.
     #[error("{}: range {offset}+{len}: {source}", path.display())]
     Register {
@@ -160,6 +179,7 @@ impl RegionError {
     pub fn errno(&self) -> Errno {
         match self {
             RegionError::ZeroLength { .. } | RegionError::RangeBeyondEof { .. } => Errno::EINVAL,
+            RegionError::MemlockBudget { .. } => Errno::ENOMEM,
             RegionError::NotRegularFile { errno, .. } | RegionError::Io { errno, .. } => *errno,
             RegionError::Map { source, .. } => source.errno,
             RegionError::Device { source, .. }

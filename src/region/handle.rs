@@ -64,6 +64,8 @@ pub(crate) struct RegionShared {
     pub(crate) slot: Mutex<Slot>,
     /// The region's grants (their handles own them).
     pub(crate) grants: Mutex<Vec<Weak<GrantShared>>>,
+    /// Its share of the manager's memlock budget, given back when it is gone.
+    pub(crate) _locked: Option<super::budget::Reservation>,
 }
 
 impl RegionShared {

@@ -13,17 +13,18 @@ use prometheus_client::registry::Registry;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
+use super::budget::MemlockBudget;
 use super::config::{Access, ManagerConfig};
 use super::event::{RegionEvent, RegionEvents};
 use super::guard::GuardWord;
 use super::handle::{Region, RegionInfo, RegionShared, Slot, build_error};
 use super::state::RegionState;
 use super::strategy::probe::{ProbeEnv, probe};
-use super::strategy::{self, Decision};
+use super::strategy::{self, Decision, Strategy};
 use super::{RegionError, events_task};
 use crate::lease::{FileId, LeaseEngine, LeaseError, LeaseState};
 use crate::metrics::{GrantMetrics, RegionMetrics};
-use crate::sys::io_errno;
+use crate::sys::{io_errno, page_offset, page_size};
 use crate::verbs::{Context, OdpCaps, ProtectionDomain};
 
 pub(crate) struct ManagerInner {
@@ -43,6 +44,8 @@ pub(crate) struct ManagerInner {
     pub(crate) refused: [Counter; 3],
     /// Ids of regions and grants (one sequence: an id names one thing).
     pub(crate) next_id: AtomicU64,
+    /// Locked bytes the regions may hold (`ManagerConfig::memlock_budget`).
+    budget: Arc<MemlockBudget>,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -117,6 +120,7 @@ impl Manager {
             metrics.guard_refusals.get_or_create(&vec![("why", why.to_string())]).clone()
         });
         let (events, _) = broadcast::channel(cfg.event_capacity.max(16));
+        let budget = MemlockBudget::new(cfg.memlock_budget);
         let inner = Arc::new(ManagerInner {
             cfg,
             engine,
@@ -130,6 +134,7 @@ impl Manager {
             grant_metrics,
             refused,
             next_id: AtomicU64::new(1),
+            budget,
             task: Mutex::new(None),
         });
         let task = rt.spawn(events_task::run(Arc::downgrade(&inner), lease_events));
@@ -146,6 +151,12 @@ impl Manager {
     /// serve them in it.
     pub fn protection_domain(&self) -> &Arc<ProtectionDomain> {
         &self.inner.pd
+    }
+
+    /// Bytes of locked memory (pinned and staging regions) reserved by the live regions,
+    /// counted against [`ManagerConfig::memlock_budget`] whether or not one is set.
+    pub fn locked_bytes(&self) -> u64 {
+        self.inner.budget.used()
     }
 
     /// The lease engine the manager uses.
@@ -267,6 +278,24 @@ impl Manager {
         if let Some(e) = beyond(md.len()) {
             return Err(e);
         }
+        let decision = inner.decide(path, md.dev(), access, false).for_region(alignment, offset);
+        let locked = if decision.strategy == Strategy::Odp {
+            None
+        } else {
+            let page = page_size() as u64;
+            let needed = (page_offset(offset) as u64 + len as u64).div_ceil(page) * page;
+            let reserved = inner.budget.reserve(needed).map_err(|(used, budget)| {
+                RegionError::MemlockBudget {
+                    path: path.to_path_buf(),
+                    offset,
+                    len,
+                    needed,
+                    used,
+                    budget,
+                }
+            })?;
+            Some(reserved)
+        };
         let lease = inner.engine.acquire(path, access.lease_kind()).map_err(|e| match e {
             LeaseError::NotRegularFile { path, errno } => {
                 RegionError::NotRegularFile { path, errno }
@@ -282,7 +311,6 @@ impl Manager {
         if let Some(e) = beyond(file_len) {
             return Err(e);
         }
-        let decision = inner.decide(path, md.dev(), access, false).for_region(alignment, offset);
         let built =
             strategy::build(decision.strategy, &inner.pd, lease.fd(), offset, len, access, None)
                 .map_err(|e| build_error(e, path, offset, len))?;
@@ -307,6 +335,7 @@ impl Manager {
             word: GuardWord::new(),
             slot: Mutex::new(Slot { live: Some(built), scratch: None, info, forgotten: false }),
             grants: Mutex::new(Vec::new()),
+            _locked: locked,
         });
         inner.metrics.region_state(strategy, None, Some("registered"));
         inner.metrics.bytes(strategy, len as i64);

@@ -13,6 +13,7 @@
 //! next generation) or gives the region up ([`RegionEventKind::Lost`]). See
 //! `docs/region.md`.
 
+mod budget;
 mod config;
 mod error;
 mod event;

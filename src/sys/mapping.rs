@@ -3,7 +3,9 @@ use std::os::fd::AsFd;
 use std::ptr::NonNull;
 
 use nix::errno::Errno;
-use nix::sys::mman::{MapFlags, MsFlags, ProtFlags, mmap, mmap_anonymous, msync, munmap};
+use nix::sys::mman::{
+    MapFlags, MmapAdvise, MsFlags, ProtFlags, madvise, mmap, mmap_anonymous, msync, munmap,
+};
 use nix::unistd::{SysconfVar, sysconf};
 
 use super::error::{SysError, SysResult};
@@ -139,7 +141,10 @@ impl Mapping {
         Ok(m)
     }
 
-    /// Map `len` bytes of zeroed anonymous private memory.
+    /// Map `len` bytes of zeroed anonymous private memory, left out of forked children
+    /// (`MADV_DONTFORK`): it is registered memory (staging, peers' buffers), and a child
+    /// never needs it, while copying it at every `fork` would cost its whole length (the
+    /// kernels copy pinned private pages for the child rather than share them).
     pub fn anonymous(len: usize) -> SysResult<Mapping> {
         let map_len = NonZeroUsize::new(len)
             .ok_or_else(|| SysError::new("mmap", Errno::EINVAL, "anonymous len 0"))?;
@@ -153,7 +158,12 @@ impl Mapping {
             )
         }
         .map_err(|e| SysError::new("mmap", e, format!("anonymous len {len}")))?;
-        Ok(Mapping { base: base.cast(), map_len: len, head: 0, len, file_backed: false })
+        let m = Mapping { base: base.cast(), map_len: len, head: 0, len, file_backed: false };
+        // SAFETY: the range is the mapping just made, owned by `m`; the advice changes only
+        // what a fork copies.
+        unsafe { madvise(base, len, MmapAdvise::MADV_DONTFORK) }
+            .map_err(|e| SysError::new("madvise(MADV_DONTFORK)", e, format!("len {len}")))?;
+        Ok(m)
     }
 
     /// `len` bytes of scratch memory whose first byte sits `head` bytes into a page,

@@ -6,6 +6,37 @@ use rdma_sys as ffi;
 
 use super::error::{VerbsError, VerbsResult};
 
+/// What `ibv_is_fork_initialized` reports: whether registered memory survives `fork`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForkStatus {
+    /// `IBV_FORK_DISABLED`: `ibv_fork_init` was not called and the kernel does not make
+    /// fork safe by itself.
+    Disabled,
+    /// `IBV_FORK_ENABLED`: `ibv_fork_init` was called (filemr never calls it).
+    Enabled,
+    /// `IBV_FORK_UNNEEDED`: the kernel keeps a parent's pinned pages across `fork`
+    /// (copy-on-fork for pinned pages): no `ibv_fork_init` is needed.
+    Unneeded,
+    /// Any other value, raw.
+    Other(i32),
+}
+
+unsafe extern "C" {
+    // libibverbs 1.13 (rdma-core 35); rdma-sys 0.3 does not bind it.
+    fn ibv_is_fork_initialized() -> std::ffi::c_int;
+}
+
+/// Whether this process's registered memory is fork-safe, as libibverbs sees it.
+pub fn fork_status() -> ForkStatus {
+    // SAFETY: no arguments; it reads libibverbs' state and the kernel's capability.
+    match unsafe { ibv_is_fork_initialized() } {
+        0 => ForkStatus::Disabled,
+        1 => ForkStatus::Enabled,
+        2 => ForkStatus::Unneeded,
+        other => ForkStatus::Other(other),
+    }
+}
+
 /// Names of the RDMA devices libibverbs can see (e.g. `["rxe0"]`).
 pub fn device_names() -> VerbsResult<Vec<String>> {
     let list = DeviceList::get()?;

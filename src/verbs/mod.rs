@@ -23,7 +23,7 @@ pub use cm::{CmChannel, CmEvent, CmEventKind, CmId};
 pub use cq::{
     CompletionQueue, CqPolling, RESERVED_WR_ID_TAG, WcStatus, WorkCompletion, is_reserved_wr_id,
 };
-pub use device::{Context, DeviceCaps, OdpCaps, PortInfo, device_names};
+pub use device::{Context, DeviceCaps, ForkStatus, OdpCaps, PortInfo, device_names, fork_status};
 pub use error::{VerbsError, VerbsResult};
 pub use mr::MemoryRegion;
 pub use mw::{MemoryWindow, MwType};
