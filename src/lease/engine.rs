@@ -134,6 +134,11 @@ impl LeaseEngine {
                 op: "use a lease signal other than the one installed earlier in this process",
                 errno: Errno::EINVAL,
             },
+            ClaimError::SignalInUse => LeaseError::Setup {
+                op: "claim the lease signal SIGRTMIN + rt_signal_offset: the process already \
+                     handles or ignores it; choose a free one (EngineConfig::rt_signal_offset)",
+                errno: Errno::EBUSY,
+            },
             ClaimError::Sys(errno) => LeaseError::Setup { op: "sigaction", errno },
         })?;
         let inner = Arc::new(Inner {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::lease::LeaseKind;
+use crate::lease::{EngineConfig, LeaseKind};
 use crate::sys::Protection;
 use crate::verbs::Access as MrAccess;
 
@@ -113,6 +113,9 @@ pub struct ManagerConfig {
     /// below `RLIMIT_MEMLOCK` minus what the application locks itself. Scratch memory of
     /// retargeted grants is not counted.
     pub memlock_budget: Option<u64>,
+    /// The lease engine's settings, among them its break signal
+    /// (`SIGRTMIN + rt_signal_offset`, which must be free in the process).
+    pub lease: EngineConfig,
 }
 
 impl ManagerConfig {
@@ -129,6 +132,7 @@ impl ManagerConfig {
             scratch_chunk: 1 << 20,
             in_place: true,
             memlock_budget: None,
+            lease: EngineConfig::default(),
         }
     }
 }

@@ -108,7 +108,7 @@ impl Manager {
         cfg.device = pd.context().name().to_string();
         let device = |source| RegionError::Device { device: cfg.device.clone(), source };
         let odp = pd.context().caps().map_err(device)?.odp;
-        let engine = LeaseEngine::start().map_err(|e| match e {
+        let engine = LeaseEngine::start_with(cfg.lease.clone()).map_err(|e| match e {
             LeaseError::AlreadyRunning => RegionError::EngineAlreadyRunning,
             LeaseError::NoRuntime => RegionError::NoRuntime,
             other => RegionError::Lease(other),

@@ -32,6 +32,10 @@ static INSTALLED_SIG: AtomicI32 = AtomicI32::new(0);
 static N_LEASE_SIGNALS: AtomicU64 = AtomicU64::new(0);
 static N_SIGIO: AtomicU64 = AtomicU64::new(0);
 static N_PIPE_FULL: AtomicU64 = AtomicU64::new(0);
+/// The `SIGIO` handler the process had before ours (`sa_sigaction` and `sa_flags`),
+/// called after ours: an application's own `O_ASYNC` handling keeps working.
+static PREV_SIGIO: AtomicUsize = AtomicUsize::new(libc::SIG_DFL);
+static PREV_SIGIO_FLAGS: AtomicI32 = AtomicI32::new(0);
 
 /// The `siginfo_t` prefix the kernel fills for `SIGPOLL`-style signals (`F_SETSIG`).
 /// `repr(C)` gives the same layout as glibc's union member on 32- and 64-bit targets.
@@ -90,7 +94,28 @@ pub(crate) fn si_fd(info: &libc::siginfo_t) -> libc::c_int {
     poll_fields(info).1
 }
 
-extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+/// Calls the `SIGIO` handler that was installed before ours, if it was a function.
+fn chain_sigio(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    let prev = PREV_SIGIO.load(Ordering::Acquire);
+    if prev == libc::SIG_DFL || prev == libc::SIG_IGN {
+        return;
+    }
+    if PREV_SIGIO_FLAGS.load(Ordering::Acquire) & libc::SA_SIGINFO != 0 {
+        type Action = extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
+        // SAFETY: `prev` is the `sa_sigaction` of a previous SA_SIGINFO disposition, a
+        // function of this signature (neither SIG_DFL nor SIG_IGN, checked above).
+        let f: Action = unsafe { std::mem::transmute::<usize, Action>(prev) };
+        f(sig, info, ctx);
+    } else {
+        type Handler = extern "C" fn(libc::c_int);
+        // SAFETY: `prev` is the `sa_handler` of a previous plain disposition, a function
+        // of this signature (checked above).
+        let f: Handler = unsafe { std::mem::transmute::<usize, Handler>(prev) };
+        f(sig);
+    }
+}
+
+extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     IN_HANDLER.fetch_add(1, Ordering::SeqCst);
     let saved_errno = Errno::last_raw();
     let fd = PIPE_WR.load(Ordering::SeqCst);
@@ -117,21 +142,47 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut
             N_PIPE_FULL.fetch_add(1, Ordering::Relaxed);
         }
     }
+    if sig == libc::SIGIO {
+        // A plain SIGIO may be the application's (O_ASYNC) as well as the overflow of
+        // our queue: the kernel sends both the same way. Its handler runs too.
+        Errno::set_raw(saved_errno);
+        chain_sigio(sig, info, ctx);
+    }
     Errno::set_raw(saved_errno);
     IN_HANDLER.fetch_sub(1, Ordering::SeqCst);
 }
 
-fn install(sig: libc::c_int) -> Result<(), Errno> {
+/// The disposition of `sig` now (`sa_sigaction`/`sa_handler` and `sa_flags`).
+fn current(sig: libc::c_int) -> Result<(usize, libc::c_int), Errno> {
+    // SAFETY: an all-zero sigaction is a valid out-value.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: a NULL new action only queries; `old` is a valid out-pointer.
+    let rc = unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) };
+    Errno::result(rc).map(|_| (old.sa_sigaction, old.sa_flags))
+}
+
+/// Installs our handler for `sig`, returning the disposition it replaced.
+fn install(sig: libc::c_int) -> Result<(usize, libc::c_int), Errno> {
     // SAFETY: an all-zero sigaction is a valid starting value (empty mask, no flags).
     let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
     sa.sa_sigaction = on_signal as *const () as usize;
     sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
     // SAFETY: sa.sa_mask is a valid sigset_t owned by us.
     unsafe { libc::sigemptyset(&mut sa.sa_mask) };
-    // SAFETY: `sa` is fully initialised, the old-action pointer may be null, and the
-    // handler only does async-signal-safe work (atomics and write(2)).
-    let rc = unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) };
-    Errno::result(rc).map(drop)
+    // SAFETY: as above.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: `sa` is fully initialised, `old` is a valid out-pointer, and the handler
+    // only does async-signal-safe work (atomics, write(2), the previous SIGIO handler).
+    let rc = unsafe { libc::sigaction(sig, &sa, &mut old) };
+    Errno::result(rc).map(|_| (old.sa_sigaction, old.sa_flags))
+}
+
+/// Installs the `SIGIO` handler, keeping the one it replaces to chain to.
+fn install_sigio() -> Result<(), Errno> {
+    let (prev, flags) = current(libc::SIGIO)?;
+    PREV_SIGIO_FLAGS.store(flags, Ordering::Release);
+    PREV_SIGIO.store(prev, Ordering::Release);
+    install(libc::SIGIO).map(drop)
 }
 
 /// The claim on the process's lease signal: at most one exists at a time. Dropping it
@@ -148,13 +199,16 @@ pub(crate) enum ClaimError {
     Busy,
     /// A different lease signal was installed by an earlier listener.
     SignalChanged,
+    /// The process already handles (or ignores) the lease signal: it is not free.
+    SignalInUse,
     /// `sigaction` failed.
     Sys(Errno),
 }
 
 impl SignalSlot {
     /// Installs the handler for `sig` and `SIGIO` (once per process) and attaches `wr`,
-    /// the non-blocking write end of the listener's pipe.
+    /// the non-blocking write end of the listener's pipe. `sig` must be free (its
+    /// disposition the default); the `SIGIO` handler it replaces is called after ours.
     pub(crate) fn claim(sig: libc::c_int, wr: OwnedFd) -> Result<SignalSlot, ClaimError> {
         if CLAIMED.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_err() {
             return Err(ClaimError::Busy);
@@ -167,7 +221,18 @@ impl SignalSlot {
         }
         LEASE_SIG.store(sig, Ordering::Release);
         if installed == 0 {
-            if let Err(e) = install(libc::SIGIO).and_then(|()| install(sig)) {
+            match current(sig) {
+                Ok((libc::SIG_DFL, _)) => {}
+                Ok(_) => {
+                    release();
+                    return Err(ClaimError::SignalInUse);
+                }
+                Err(e) => {
+                    release();
+                    return Err(ClaimError::Sys(e));
+                }
+            }
+            if let Err(e) = install_sigio().and_then(|()| install(sig).map(drop)) {
                 release();
                 return Err(ClaimError::Sys(e));
             }
