@@ -175,6 +175,12 @@ fn malformed_frames_are_answered_and_harm_no_other_connection() {
         ("empty", "0:EPROTO"),
         ("not_a_request", "78:EPROTO"),
         ("unknown_layout", "77:ENOENT"),
+        ("foreign_return", "79:ENOENT"),
+        ("foreign_commit", "80:ENOENT"),
+        ("get_overflow", "81:EINVAL"),
+        ("get_huge", "82:EINVAL"),
+        ("commit_past_layout", "84:ERANGE"),
+        ("commit_overflow", "85:EINVAL"),
         ("flood_closed", "true"),
         ("other_ok", "true"),
     ] {

@@ -367,6 +367,36 @@ fn malformed(client: &LayoutClient, cfg: ClientConfig, report: &mut impl FnMut(&
         answer(&Frame { request: 78, status: 0, message: Message::Committed }.encode().unwrap()),
     );
     report("unknown_layout", answer(&valid));
+    // Another connection's layout: as unknown to this one as any other id.
+    let theirs = good.desc().expect("the good layout's grant").layout;
+    let frame = |request, message| Frame { request, status: 0, message }.encode().unwrap();
+    report("foreign_return", answer(&frame(79, Message::ReturnRequest { layout: theirs })));
+    let commit = Message::CommitRequest { layout: theirs, ranges: vec![(0, 4096)] };
+    report("foreign_commit", answer(&frame(80, commit)));
+    // Ranges that overflow or run past the file.
+    let get = |offset, len| Message::GetRequest {
+        path: path.clone().into_bytes(),
+        offset,
+        len,
+        access: filemr::layout::wire::WireAccess::Read,
+        align_shift: 0,
+    };
+    report("get_overflow", answer(&frame(81, get(u64::MAX - 100, 4096))));
+    report("get_huge", answer(&frame(82, get(0, u64::MAX))));
+    let mine = match bad.send_unchecked(&frame(83, get(0, 4096))) {
+        Ok(f) => match f.message {
+            Message::Granted(d) => d.layout,
+            other => panic!("a valid GET on the second connection: {other:?}"),
+        },
+        Err(e) => panic!("a valid GET on the second connection: {e}"),
+    };
+    let past = Message::CommitRequest { layout: mine, ranges: vec![(4000, 200)] };
+    report("commit_past_layout", answer(&frame(84, past)));
+    // The encoder refuses a wrapping range, so write one over a valid frame's bytes: the
+    // body is layout (8), count (4), padding (4), then (offset, len) pairs of u64.
+    let mut wrap = frame(85, Message::CommitRequest { layout: mine, ranges: vec![(0, 20)] });
+    wrap[24 + 16..24 + 24].copy_from_slice(&(u64::MAX - 10).to_le_bytes());
+    report("commit_overflow", answer(&wrap));
     // Past the limit the server disconnects the sender.
     let mut closed = false;
     for _ in 0..40 {
