@@ -654,6 +654,7 @@ impl Server {
             RegionEventKind::Lost { reason } => {
                 let code = match reason {
                     LostReason::CommitFailed(_) => LostCode::CommitFailed,
+                    LostReason::DeviceGone { .. } => LostCode::DeviceGone,
                     LostReason::Shrunk { .. } | LostReason::LeaseGone(_) => LostCode::FileGone,
                     _ => LostCode::Other,
                 };

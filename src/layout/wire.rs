@@ -95,12 +95,16 @@ pub enum LostCode {
     Shutdown = 4,
     /// Anything else.
     Other = 5,
+    /// The server's RDMA device was removed.
+    DeviceGone = 6,
 }
 
 impl LostCode {
     fn from_code(code: u32) -> Option<Self> {
         use LostCode::*;
-        [FileGone, CommitFailed, Revoked, Shutdown, Other].into_iter().find(|c| *c as u32 == code)
+        [FileGone, CommitFailed, Revoked, Shutdown, Other, DeviceGone]
+            .into_iter()
+            .find(|c| *c as u32 == code)
     }
 }
 

@@ -149,7 +149,9 @@ impl RegionMetrics {
                 ]);
             }
         }
-        for reason in ["shrunk", "deleted", "lease_gone", "rebuild_failed", "commit_failed"] {
+        for reason in
+            ["shrunk", "deleted", "lease_gone", "rebuild_failed", "commit_failed", "device_gone"]
+        {
             let _ = self.lost.get_or_create(&vec![("reason", reason.to_string())]);
         }
     }

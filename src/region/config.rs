@@ -116,12 +116,22 @@ pub struct ManagerConfig {
     /// The lease engine's settings, among them its break signal
     /// (`SIGRTMIN + rt_signal_offset`, which must be free in the process).
     pub lease: EngineConfig,
+    /// How long [`Manager::new`](super::Manager::new) waits for `device` to appear when it
+    /// is missing (a device being re-added, a driver still loading) before failing with
+    /// `ENODEV`. Zero: fail at once.
+    pub device_wait: Duration,
+    /// How often the manager checks that its device still exists (`ibv_get_device_list`,
+    /// from which a device being deleted disappears at once). When it is gone every region
+    /// is lost ([`LostReason::DeviceGone`](super::LostReason::DeviceGone)), its grants
+    /// fenced and what peers wrote committed; the manager then refuses registrations and
+    /// must be dropped so the deletion can finish. Zero: never check.
+    pub device_poll: Duration,
 }
 
 impl ManagerConfig {
     /// Defaults for `device`: port 1, a 500 ms safety margin, 65 536 buffered events,
     /// fence on the deadline, 1 MiB scratch chunks, in-place strategies allowed, no memlock
-    /// budget.
+    /// budget, no wait for a missing device, a device check every 500 ms.
     pub fn new(device: impl Into<String>) -> ManagerConfig {
         ManagerConfig {
             device: device.into(),
@@ -133,6 +143,8 @@ impl ManagerConfig {
             in_place: true,
             memlock_budget: None,
             lease: EngineConfig::default(),
+            device_wait: Duration::ZERO,
+            device_poll: Duration::from_millis(500),
         }
     }
 }

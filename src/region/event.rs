@@ -42,6 +42,13 @@ pub enum LostReason {
     /// Committing what peers wrote failed before the lease was released: their bytes
     /// may not be in the file.
     CommitFailed(String),
+    /// The RDMA device was removed (`rdma link delete`, a driver unbind): every region
+    /// of the manager is given up, with what peers wrote committed, and the manager must
+    /// be dropped so the device can go (see `docs/failure-modes.md`).
+    DeviceGone {
+        /// The device's name.
+        device: String,
+    },
 }
 
 impl LostReason {
@@ -53,6 +60,7 @@ impl LostReason {
             LostReason::LeaseGone(_) => "lease_gone",
             LostReason::RebuildFailed(_) => "rebuild_failed",
             LostReason::CommitFailed(_) => "commit_failed",
+            LostReason::DeviceGone { .. } => "device_gone",
         }
     }
 }

@@ -346,9 +346,8 @@ fn lose(mgr: &ManagerInner, r: &RegionShared, slot: &mut Slot, reason: LostReaso
     r.word.start_revoke();
     for g in r.grants() {
         let mut c = g.cell.lock();
-        if let Err(e) = g.unbind(&mut c) {
-            tracing::debug!(grant = g.id, error = %e, "invalidate of a lost region's grant");
-        }
+        // Freeing the window needs no work request (the device may be going away).
+        g.fence(&mut c);
         if c.state != GrantState::Released {
             c.state = GrantState::Lost;
         }
@@ -372,5 +371,13 @@ pub(crate) fn lose_file(mgr: &Arc<ManagerInner>, file: FileId, reason: LostReaso
         if slot.info.state != RegionState::Lost && !slot.forgotten {
             lose(mgr, &r, &mut slot, reason.clone());
         }
+    }
+}
+
+/// Every region of the manager is lost for `reason` (the device is gone).
+pub(crate) fn lose_all(mgr: &Arc<ManagerInner>, reason: LostReason) {
+    let files: Vec<FileId> = mgr.files.lock().keys().copied().collect();
+    for file in files {
+        lose_file(mgr, file, reason.clone());
     }
 }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use nix::errno::Errno;
@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use super::budget::MemlockBudget;
 use super::config::{Access, ManagerConfig};
-use super::event::{RegionEvent, RegionEvents};
+use super::event::{LostReason, RegionEvent, RegionEvents};
 use super::guard::GuardWord;
 use super::handle::{Region, RegionInfo, RegionShared, Slot, build_error};
 use super::state::RegionState;
@@ -46,6 +46,8 @@ pub(crate) struct ManagerInner {
     pub(crate) next_id: AtomicU64,
     /// Locked bytes the regions may hold (`ManagerConfig::memlock_budget`).
     budget: Arc<MemlockBudget>,
+    /// The device was removed: every region is lost, registrations are refused.
+    device_lost: AtomicBool,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -87,7 +89,15 @@ impl Manager {
     /// `registry`. Must be called inside a tokio runtime.
     pub fn new(cfg: ManagerConfig, registry: &mut Registry) -> Result<Manager, RegionError> {
         let device = |source| RegionError::Device { device: cfg.device.clone(), source };
-        let ctx = Arc::new(Context::open(&cfg.device).map_err(device)?);
+        let waited_until = std::time::Instant::now() + cfg.device_wait;
+        let ctx = loop {
+            match Context::open(&cfg.device) {
+                Err(e) if e.errno == Errno::ENODEV && std::time::Instant::now() < waited_until => {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                other => break Arc::new(other.map_err(device)?),
+            }
+        };
         let pd = ProtectionDomain::new(&ctx).map_err(device)?;
         Manager::with_protection_domain(cfg, pd, registry)
     }
@@ -135,10 +145,14 @@ impl Manager {
             refused,
             next_id: AtomicU64::new(1),
             budget,
+            device_lost: AtomicBool::new(false),
             task: Mutex::new(None),
         });
         let task = rt.spawn(events_task::run(Arc::downgrade(&inner), lease_events));
         *inner.task.lock() = Some(task);
+        if !inner.cfg.device_poll.is_zero() {
+            rt.spawn(watch_device(Arc::downgrade(&inner)));
+        }
         Ok(Manager { inner })
     }
 
@@ -151,6 +165,12 @@ impl Manager {
     /// serve them in it.
     pub fn protection_domain(&self) -> &Arc<ProtectionDomain> {
         &self.inner.pd
+    }
+
+    /// Whether the device was removed (every region was lost; drop the manager so the
+    /// removal can finish).
+    pub fn device_lost(&self) -> bool {
+        self.inner.device_lost.load(Ordering::Acquire)
     }
 
     /// Bytes of locked memory (pinned and staging regions) reserved by the live regions,
@@ -256,6 +276,16 @@ impl Manager {
         alignment: usize,
     ) -> Result<Region, RegionError> {
         let inner = &self.inner;
+        if self.device_lost() {
+            return Err(RegionError::Device {
+                device: inner.cfg.device.clone(),
+                source: crate::verbs::VerbsError::new(
+                    "ibv_get_device_list",
+                    Errno::ENODEV,
+                    "the device was removed: drop this manager and make a new one",
+                ),
+            });
+        }
         if len == 0 {
             return Err(RegionError::ZeroLength { path: path.to_path_buf(), offset });
         }
@@ -429,5 +459,32 @@ impl ManagerInner {
                 self.file_ops.lock().remove(&file);
             }
         }
+    }
+}
+
+/// Checks every `device_poll` that the manager's device still exists; when it is gone,
+/// loses every region (grants fenced, peers' writes committed) and stops.
+async fn watch_device(weak: Weak<ManagerInner>) {
+    loop {
+        let poll = match weak.upgrade() {
+            Some(inner) => inner.cfg.device_poll,
+            None => return,
+        };
+        tokio::time::sleep(poll).await;
+        let Some(inner) = weak.upgrade() else { return };
+        let device = inner.cfg.device.clone();
+        let present = tokio::task::spawn_blocking(move || {
+            crate::verbs::device_names().map(|names| names.contains(&device))
+        })
+        .await;
+        // A failed listing is no evidence of removal: check again next time.
+        if !matches!(present, Ok(Ok(false))) {
+            continue;
+        }
+        tracing::error!(device = %inner.cfg.device, "the RDMA device was removed: losing every region");
+        inner.device_lost.store(true, Ordering::Release);
+        let reason = LostReason::DeviceGone { device: inner.cfg.device.clone() };
+        let _ = tokio::task::spawn_blocking(move || super::flow::lose_all(&inner, reason)).await;
+        return;
     }
 }

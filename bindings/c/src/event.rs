@@ -42,6 +42,8 @@ pub const FILEMR_LOST_LEASE_GONE: u32 = 3;
 pub const FILEMR_LOST_REBUILD_FAILED: u32 = 4;
 /// `lost_reason`: committing before the release failed.
 pub const FILEMR_LOST_COMMIT_FAILED: u32 = 5;
+/// `lost_reason`: the RDMA device was removed; close the manager so the removal finishes.
+pub const FILEMR_LOST_DEVICE_GONE: u32 = 6;
 
 /// One region event. Fields a kind does not use are 0.
 #[repr(C)]
@@ -120,6 +122,7 @@ impl filemr_event {
                     LostReason::LeaseGone(_) => FILEMR_LOST_LEASE_GONE,
                     LostReason::RebuildFailed(_) => FILEMR_LOST_REBUILD_FAILED,
                     LostReason::CommitFailed(_) => FILEMR_LOST_COMMIT_FAILED,
+                    LostReason::DeviceGone { .. } => FILEMR_LOST_DEVICE_GONE,
                     _ => 0,
                 };
             }

@@ -1,0 +1,152 @@
+//! What filemr does when its device is removed (`docs/failure-modes.md`), on a device of
+//! this test's own (`rxe_lost` on veth `fmr-lost`): the manager notices within its
+//! `device_poll`, loses every region (peers' writes committed, grants fenced), refuses
+//! new registrations; once the application drops it the deletion finishes; and a
+//! manager started while the device is missing waits for it (`device_wait`).
+
+#[path = "guest/mod.rs"]
+mod guest;
+#[path = "region_support/mod.rs"]
+mod region_support;
+
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use filemr::grant::GrantState;
+use filemr::region::{Access, LostReason, Manager, ManagerConfig, RegionError, RegionEventKind};
+use filemr::sys::Mapping;
+use filemr::verbs::{
+    Access as MrAccess, CompletionQueue, MemoryRegion, QueuePair, RemoteBuf, WcStatus,
+};
+use guest::{GuestEnv, pattern};
+use prometheus_client::registry::Registry;
+use region_support::{RT, make_file, note, wait_event};
+
+const DEV: &str = "rxe_lost";
+const NETDEV: &str = "fmr-lost";
+const LEN: usize = 1 << 20;
+
+fn sh(args: &[&str]) {
+    let st = Command::new(args[0]).args(&args[1..]).status().unwrap();
+    assert!(st.success(), "{args:?}: {st}");
+}
+
+fn add_device() {
+    sh(&["rdma", "link", "add", DEV, "type", "rxe", "netdev", NETDEV]);
+}
+
+fn config() -> ManagerConfig {
+    let mut cfg = ManagerConfig::new(DEV);
+    cfg.device_poll = Duration::from_millis(100);
+    cfg
+}
+
+fn exits_within(child: &mut Child, d: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < d {
+        if let Some(st) = child.try_wait().unwrap() {
+            assert!(st.success(), "rdma link delete: {st}");
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+#[test]
+#[ignore = "needs rxe0 (SoftRoCE) as root: cargo xtask test runs it in the qemu guests"]
+fn a_removed_device_loses_its_regions_and_a_new_manager_waits_for_it() {
+    let env = GuestEnv::get();
+    let _ = Command::new("ip").args(["link", "del", NETDEV]).status();
+    sh(&["ip", "link", "add", NETDEV, "type", "veth", "peer", "name", "fmr-lost-p"]);
+    sh(&["ip", "link", "set", NETDEV, "up"]);
+    sh(&["ip", "link", "set", "fmr-lost-p", "up"]);
+    add_device();
+    let _enter = RT.enter();
+    let mut registry = Registry::default();
+    let mgr = Manager::new(config(), &mut registry).unwrap();
+    let path = make_file(&env.pagecache_dir, "device-loss", LEN, 0);
+    let region = mgr.register(&path, 0, LEN, Access::ReadWrite).unwrap();
+    let mut events = region.events();
+
+    // A peer on the same device (loopback), writing through its grant.
+    let pd = mgr.protection_domain().clone();
+    let cq = CompletionQueue::new(pd.context(), 64).unwrap();
+    let (qa, qb) = QueuePair::loopback_pair(&pd, &cq, 1).unwrap();
+    let qb = Arc::new(qb);
+    let buf = Arc::new(Mapping::anonymous(8192).unwrap());
+    let mr = MemoryRegion::register(&pd, &buf, MrAccess::LOCAL_WRITE).unwrap();
+    let g = region.grant(&qb).unwrap();
+    let key = g.info();
+    let write = |off: u64, data: &[u8]| {
+        buf.write_at(0, data).unwrap();
+        let to = RemoteBuf { addr: key.addr + off, rkey: key.rkey };
+        match qa.post_write(1, &mr, 0, data.len(), to) {
+            Ok(()) => cq.wait_one(Duration::from_secs(10)).map(|wc| wc.status).ok(),
+            Err(_) => None,
+        }
+    };
+    let a = pattern(4096, 1);
+    assert_eq!(write(0, &a), Some(WcStatus::Success));
+
+    // The device is deleted: the manager notices and gives every region up.
+    let mut delete = Command::new("rdma").args(["link", "delete", DEV]).spawn().unwrap();
+    let t = Instant::now();
+    let lost = wait_event(&mut events, Duration::from_secs(10), "Lost(DeviceGone)", |e| {
+        matches!(&e.kind, RegionEventKind::Lost { reason: LostReason::DeviceGone { .. } })
+    });
+    note(&format!("device loss: Lost(DeviceGone) {:?} after the delete started", t.elapsed()));
+    let RegionEventKind::Lost { reason: LostReason::DeviceGone { device } } = lost.kind else {
+        unreachable!()
+    };
+    assert_eq!(device, DEV);
+    assert!(mgr.device_lost());
+    assert_eq!(g.state(), GrantState::Lost);
+    match mgr.register(&path, 0, 4096, Access::Read) {
+        Err(e @ RegionError::Device { .. }) => {
+            assert_eq!(e.errno(), nix::errno::Errno::ENODEV, "{e}");
+        }
+        other => panic!("a registration after the device was removed: {other:?}"),
+    }
+    assert_ne!(write(4096, &pattern(4096, 2)), Some(WcStatus::Success), "the key is gone");
+    assert!(delete.try_wait().unwrap().is_none(), "the delete waits for the manager");
+
+    // The application drops everything on the device: the deletion finishes.
+    let t = Instant::now();
+    drop((g, region, qa, qb, mr, cq, pd));
+    drop(mgr);
+    let done = exits_within(&mut delete, Duration::from_secs(10));
+    note(&format!(
+        "device loss: the delete finished {done:?} after the drop (drop took {:?})",
+        t.elapsed()
+    ));
+    assert!(done.is_some(), "dropping the manager lets the deletion finish");
+    let file = std::fs::read(&path).unwrap();
+    assert!(file[..4096] == a[..], "the peer's write was committed when the region was lost");
+
+    // The device comes back while a new manager waits for it.
+    let waiter = std::thread::spawn(|| {
+        let _enter = RT.enter();
+        let mut cfg = config();
+        cfg.device_wait = Duration::from_secs(30);
+        let started = Instant::now();
+        (Manager::new(cfg, &mut Registry::default()), started.elapsed())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    add_device();
+    let (mgr, waited) = waiter.join().unwrap();
+    let mgr = mgr.expect("the waiting manager starts when the device is back");
+    assert!(waited >= Duration::from_millis(900), "it waited: {waited:?}");
+    let again = mgr.register(&path, 0, 4096, Access::Read).unwrap();
+    drop(again);
+    drop(mgr);
+    let mut none = ManagerConfig::new("rxe_never");
+    none.device_wait = Duration::from_millis(300);
+    match Manager::new(none, &mut Registry::default()) {
+        Err(e @ RegionError::Device { .. }) => assert_eq!(e.errno(), nix::errno::Errno::ENODEV),
+        other => panic!("a device that never comes: {other:?}"),
+    }
+    sh(&["rdma", "link", "delete", DEV]);
+    sh(&["ip", "link", "del", NETDEV]);
+}
