@@ -103,6 +103,11 @@ pub struct Config {
     /// On SIGTERM, how long peers get to return their layouts.
     #[serde(default = "default_grace")]
     pub shutdown_grace_ms: u64,
+    /// At start, how long to wait for a missing device (0: fail at once). When the device
+    /// is removed while running, filemrd exits with 75 (`EX_TEMPFAIL`) so the removal can
+    /// finish, and systemd starts it again (`Restart=on-failure`), waiting this long.
+    #[serde(default)]
+    pub device_wait_ms: u64,
     /// Exported directories.
     #[serde(rename = "export", default)]
     pub exports: Vec<ExportConfig>,
@@ -175,7 +180,7 @@ impl Config {
             ));
         }
         let devices = filemr::verbs::device_names().unwrap_or_default();
-        if !devices.contains(&self.device) {
+        if !devices.contains(&self.device) && self.device_wait_ms == 0 {
             return Err(invalid(
                 "device".into(),
                 format!("no RDMA device {:?} (devices: {devices:?})", self.device),
@@ -196,6 +201,7 @@ impl Config {
     pub fn manager(&self) -> ManagerConfig {
         let mut m = ManagerConfig::new(&self.device);
         m.port = self.port;
+        m.device_wait = Duration::from_millis(self.device_wait_ms);
         m.safety_margin = Duration::from_millis(self.recall_margin_ms);
         m.revocation = match self.revocation {
             Revocation::Fence => RevocationMode::Fence,

@@ -50,7 +50,8 @@ impl Daemon {
     pub async fn start(cfg: Config) -> Result<Daemon, StartError> {
         let mut registry = Registry::default();
         filemr::metrics::register_build_info(&mut registry);
-        let mgr = Manager::new(cfg.manager(), &mut registry)
+        // Waiting for a missing device blocks: off the runtime's workers.
+        let mgr = tokio::task::block_in_place(|| Manager::new(cfg.manager(), &mut registry))
             .map_err(|source| StartError::Manager { device: cfg.device.clone(), source })?;
         let server_cfg = ServerConfig::new(cfg.listen, cfg.exports());
         let server = LayoutServer::start(mgr.clone(), server_cfg, &mut registry)

@@ -3,7 +3,9 @@
 //!
 //! SIGTERM or SIGINT: recall every layout, wait up to `shutdown_grace_ms` for the peers to
 //! return them, release every lease, exit 0. SIGHUP: re-read the configuration and apply
-//! its exports.
+//! its exports. The device removed: every layout is lost (peers told `DeviceGone`), exit
+//! 75 (`EX_TEMPFAIL`) so the removal can finish (librdmacm keeps a device open until the
+//! process exits) and systemd restarts the daemon, which waits `device_wait_ms` for it.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -71,6 +73,9 @@ fn main() -> ExitCode {
     }
 }
 
+/// `EX_TEMPFAIL` from sysexits.h: try again later (the device is gone for now).
+const EX_TEMPFAIL: u8 = 75;
+
 async fn run(path: PathBuf, cfg: Config) -> Result<(), String> {
     let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM: {e}"))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT: {e}"))?;
@@ -78,10 +83,22 @@ async fn run(path: PathBuf, cfg: Config) -> Result<(), String> {
     let mut daemon = Daemon::start(cfg).await.map_err(|e| e.to_string())?;
     notify(&[NotifyState::Ready, NotifyState::Status(&daemon.status())]);
     let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut device_check = tokio::time::interval(Duration::from_millis(200));
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = device_check.tick() => {
+                if daemon.manager().device_lost() {
+                    // Every region is already lost, with peers' writes committed. No drain:
+                    // connection teardown on a device being removed can block, and the
+                    // removal itself waits for this process's device files. Exiting
+                    // closes them all (and releases every lease).
+                    tracing::error!("the RDMA device was removed: every layout is lost; exiting so the removal can finish");
+                    notify(&[NotifyState::Stopping, NotifyState::Status("device removed")]);
+                    std::process::exit(EX_TEMPFAIL.into());
+                }
+            }
             _ = hup.recv() => {
                 notify(&[NotifyState::Reloading]);
                 match Config::load(&path).map_err(|e| e.to_string()).and_then(|c| daemon.reload(c).map_err(|e| e.to_string())) {
