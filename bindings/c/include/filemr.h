@@ -55,6 +55,9 @@
 // `lost_reason`: committing before the release failed.
 #define FILEMR_LOST_COMMIT_FAILED 5
 
+// `lost_reason`: the RDMA device was removed; close the manager so the removal finishes.
+#define FILEMR_LOST_DEVICE_GONE 6
+
 // `flags` bit: grants not returned by the recall deadline are retargeted to scratch
 // memory (their peers see no error) instead of fenced.
 #define FILEMR_RETARGET 1
