@@ -193,6 +193,7 @@ fn body_layouts_are_pinned() {
         LostCode::Revoked,
         LostCode::Shutdown,
         LostCode::Other,
+        LostCode::DeviceGone,
     ]
     .into_iter()
     .map(|c| {
@@ -200,7 +201,7 @@ fn body_layouts_are_pinned() {
         u32::from_le_bytes(bytes[HEADER_LEN + 8..HEADER_LEN + 12].try_into().unwrap())
     })
     .collect();
-    assert_eq!(codes, [1, 2, 3, 4, 5]);
+    assert_eq!(codes, [1, 2, 3, 4, 5, 6]);
 }
 
 #[test]
@@ -420,7 +421,7 @@ fn commit_ranges_must_be_non_empty_and_not_overflow() {
 
 #[test]
 fn lost_reason_must_be_known() {
-    for reason in [0u32, 6, 0x100, u32::MAX] {
+    for reason in [0u32, 7, 0x100, u32::MAX] {
         let mut body = 1u64.to_le_bytes().to_vec();
         body.extend_from_slice(&reason.to_le_bytes());
         body.extend_from_slice(&[0; 4]);
@@ -502,6 +503,7 @@ fn lost_code() -> impl Strategy<Value = LostCode> {
         Just(LostCode::Revoked),
         Just(LostCode::Shutdown),
         Just(LostCode::Other),
+        Just(LostCode::DeviceGone),
     ]
 }
 
