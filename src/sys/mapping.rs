@@ -1,5 +1,5 @@
 use std::num::NonZeroUsize;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::ptr::NonNull;
 
 use nix::errno::Errno;
@@ -287,6 +287,70 @@ impl Mapping {
         // SAFETY: bounds-checked; the mapping is writable for anonymous memory and for file
         // mappings made with `ReadWrite` (a read-only one faults: callers choose prot).
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.as_ptr().add(off), data.len()) };
+        Ok(())
+    }
+
+    /// `pread(2)` of up to `n` bytes of `fd` at `file_off` straight into the mapping at
+    /// `off` (one copy, no bounce buffer); returns the bytes read (0 at end of file).
+    pub fn pread_into(
+        &self,
+        off: usize,
+        n: usize,
+        fd: BorrowedFd<'_>,
+        file_off: u64,
+    ) -> SysResult<usize> {
+        self.check(off, n, "pread")?;
+        let at = libc::off_t::try_from(file_off)
+            .map_err(|_| SysError::new("pread", Errno::EINVAL, format!("offset {file_off}")))?;
+        loop {
+            // SAFETY: `off..off + n` is inside the mapping (checked), which is writable
+            // anonymous memory or a read-write file mapping; the kernel writes at most `n`
+            // bytes there.
+            let got = unsafe { libc::pread(fd.as_raw_fd(), self.as_ptr().add(off).cast(), n, at) };
+            match Errno::result(got) {
+                Ok(got) => return Ok(got as usize),
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    return Err(SysError::new("pread", e, format!("{n} bytes at {file_off}")));
+                }
+            }
+        }
+    }
+
+    /// `pwrite(2)` of `n` bytes of the mapping at `off` straight to `fd` at `file_off`
+    /// (one copy), all of them (short writes continue).
+    pub fn pwrite_from(
+        &self,
+        off: usize,
+        n: usize,
+        fd: BorrowedFd<'_>,
+        file_off: u64,
+    ) -> SysResult<()> {
+        self.check(off, n, "pwrite")?;
+        let mut done = 0;
+        while done < n {
+            let at = file_off
+                .checked_add(done as u64)
+                .and_then(|a| libc::off_t::try_from(a).ok())
+                .ok_or_else(|| {
+                    SysError::new("pwrite", Errno::EINVAL, format!("offset {file_off}"))
+                })?;
+            // SAFETY: `off + done..off + n` is inside the mapping (checked); the kernel only
+            // reads it.
+            let put = unsafe {
+                libc::pwrite(fd.as_raw_fd(), self.as_ptr().add(off + done).cast(), n - done, at)
+            };
+            match Errno::result(put) {
+                Ok(0) => {
+                    return Err(SysError::new("pwrite", Errno::EIO, "wrote 0 bytes".to_string()));
+                }
+                Ok(put) => done += put as usize,
+                Err(Errno::EINTR) => {}
+                Err(e) => {
+                    return Err(SysError::new("pwrite", e, format!("{n} bytes at {file_off}")));
+                }
+            }
+        }
         Ok(())
     }
 

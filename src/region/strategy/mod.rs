@@ -10,7 +10,7 @@ use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
 use super::config::Access;
-use crate::sys::{Mapping, SysError, io_errno};
+use crate::sys::{Mapping, SysError};
 use crate::verbs::{MemoryRegion, ProtectionDomain, VerbsError};
 
 /// A registration strategy.
@@ -145,14 +145,6 @@ pub(crate) fn commit(
             fdatasync(fd)
         }
     }
-}
-
-/// A `File` sharing `fd`'s open file description (a `dup`: no new open, so no lease
-/// break).
-pub(crate) fn dup_file(fd: BorrowedFd<'_>) -> Result<std::fs::File, BuildError> {
-    fd.try_clone_to_owned()
-        .map(std::fs::File::from)
-        .map_err(|e| BuildError::Io("dup", io_errno(&e)))
 }
 
 /// `fdatasync` through `fd`.

@@ -2,16 +2,20 @@
 //! (pwrite + fdatasync through the lease's fd) on commit and before release.
 
 use std::os::fd::BorrowedFd;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use super::{BuildError, dup_file};
+use super::BuildError;
 use crate::region::config::Access;
-use crate::sys::{Mapping, io_errno, page_offset};
+use crate::sys::{Mapping, SysError, page_offset};
 use crate::verbs::{MemoryRegion, ProtectionDomain};
 
 /// Bytes copied per pread/pwrite.
 const CHUNK: usize = 1 << 20;
+
+/// A failed pread/pwrite as the I/O error it is (`op` and its errno).
+fn sys_io(op: &'static str) -> impl Fn(SysError) -> BuildError {
+    move |e| BuildError::Io(op, e.errno)
+}
 
 pub(super) fn build(
     pd: &Arc<ProtectionDomain>,
@@ -24,18 +28,14 @@ pub(super) fn build(
     // Registered at `iova`, the memory must sit at the same offset into its page.
     let head = iova.map_or(0, page_offset);
     let map = Arc::new(Mapping::anonymous_at_offset(head, len).map_err(BuildError::Map)?);
-    let file = dup_file(fd)?;
-    let mut buf = vec![0u8; CHUNK.min(len)];
+    // One copy: pread straight into the registered memory (not through a bounce buffer).
     let mut done = 0;
     while done < len {
         let n = (len - done).min(CHUNK);
-        let got = file
-            .read_at(&mut buf[..n], offset + done as u64)
-            .map_err(|e| BuildError::Io("pread", io_errno(&e)))?;
+        let got = map.pread_into(done, n, fd, offset + done as u64).map_err(sys_io("pread"))?;
         if got == 0 {
             break; // past EOF: the rest stays zero
         }
-        map.write_at(done, &buf[..got]).map_err(BuildError::Map)?;
         done += got;
     }
     let mr = super::register(pd, &map, access.mr_access(), iova)?;
@@ -49,14 +49,11 @@ pub(super) fn write_back(
     start: usize,
     end: usize,
 ) -> Result<(), BuildError> {
-    let file = dup_file(fd)?;
-    let mut buf = vec![0u8; CHUNK.min(end - start)];
+    // One copy: pwrite straight from the registered memory.
     let mut at = start;
     while at < end {
         let n = (end - at).min(CHUNK);
-        map.read_at(at, &mut buf[..n]).map_err(BuildError::Map)?;
-        file.write_all_at(&buf[..n], offset + at as u64)
-            .map_err(|e| BuildError::Io("pwrite", io_errno(&e)))?;
+        map.pwrite_from(at, n, fd, offset + at as u64).map_err(sys_io("pwrite"))?;
         at += n;
     }
     super::fdatasync(fd)
