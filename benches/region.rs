@@ -107,6 +107,74 @@ pub fn registration_in(mgr: &Manager, d: &Path) -> String {
     )
 }
 
+/// Serial and N-thread times (medians of `rounds`) of `n` calls of `one(i)`.
+fn serial_vs_parallel<T: Send>(
+    n: usize,
+    rounds: usize,
+    one: impl Fn(usize) -> T + Sync,
+) -> (f64, f64) {
+    let (mut serial, mut parallel) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let done: Vec<T> = (0..n).map(&one).collect();
+        serial.push(t.elapsed().as_secs_f64());
+        drop(done);
+        let t = Instant::now();
+        let done: Vec<T> = std::thread::scope(|s| {
+            let one = &one;
+            let hs: Vec<_> = (0..n).map(|i| s.spawn(move || one(i))).collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        parallel.push(t.elapsed().as_secs_f64());
+        drop(done);
+    }
+    (median(serial), median(parallel))
+}
+
+/// N regions (N = the CPUs) registered concurrently on N threads against the same N
+/// serially, each on its own file: the speedup (target >= 0.8 x N); and, as the bound,
+/// the same for raw mmap + `ibv_reg_mr` of the memory the strategy registers.
+pub fn parallel_registration_in(mgr: &Manager, d: &Path) -> Vec<String> {
+    const LEN: usize = 8 << 20;
+    let n = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let paths: Vec<PathBuf> = (0..n).map(|i| file(d, "par", i, LEN)).collect();
+    drop(mgr.register(&paths[0], 0, LEN, Access::ReadWrite).unwrap()); // warm the probe
+    let strategy = mgr.decision(&paths[0], Access::ReadWrite).unwrap().strategy;
+    let (s, p) =
+        serial_vs_parallel(n, 5, |i| mgr.register(&paths[i], 0, LEN, Access::ReadWrite).unwrap());
+    let (rs, rp) = serial_vs_parallel(n, 5, |i| {
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(&paths[i]).unwrap();
+        let map = Arc::new(match strategy {
+            filemr::region::Strategy::Staging => Mapping::anonymous(LEN).unwrap(),
+            _ => Mapping::file(&f, 0, LEN, Protection::ReadWrite).unwrap(),
+        });
+        let mut acc = Access::ReadWrite.mr_access();
+        if strategy == filemr::region::Strategy::Odp {
+            acc |= filemr::verbs::Access::ON_DEMAND;
+        }
+        (MemoryRegion::register(mgr.protection_domain(), &map, acc).unwrap(), map, f)
+    });
+    for p in &paths {
+        let _ = std::fs::remove_file(p);
+    }
+    vec![
+        format!(
+            "registration of {n} x 8 MiB ({}): serially {:.3} ms, on {n} threads {:.3} ms, speedup {:.2} (target >= {:.1})",
+            strategy.label(),
+            s * 1e3,
+            p * 1e3,
+            s / p,
+            0.8 * n as f64
+        ),
+        format!(
+            "  the bound, raw mmap+ibv_reg_mr of {n} x 8 MiB: serially {:.3} ms, on {n} threads {:.3} ms, speedup {:.2}",
+            rs * 1e3,
+            rp * 1e3,
+            rs / rp
+        ),
+    ]
+}
+
 pub fn revocation_in(rt: &tokio::runtime::Runtime, mgr: &Manager, d: &Path) -> Vec<String> {
     let mut out = Vec::new();
     const SZ: usize = 4096;
@@ -182,6 +250,9 @@ fn main() {
     match mgr {
         Ok(mgr) => {
             println!("{}", registration_in(&mgr, &dir()));
+            for line in parallel_registration_in(&mgr, &dir()) {
+                println!("{line}");
+            }
             for line in revocation_in(&rt, &mgr, &dir()) {
                 println!("{line}");
             }
