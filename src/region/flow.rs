@@ -255,7 +255,9 @@ fn rebuild_one(mgr: &ManagerInner, r: &RegionShared, slot: &mut Slot) -> Result<
     let len = (r.requested_len as u64).min(file_len - r.offset) as usize;
     let old: Strategy = slot.info.decision.strategy;
     let iova = Some(slot.info.addr);
-    let (built, decision) = match strategy::build(old, &mgr.pd, fd, r.offset, len, r.access, iova) {
+    let held = slot.reserved.take();
+    let first = strategy::rebuild(old, &mgr.pd, fd, r.offset, len, r.access, iova, held);
+    let (built, decision) = match first {
         Ok(b) => (b, None),
         Err(first) => {
             tracing::warn!(region = r.id, error = ?first, "rebuild failed; probing again");
@@ -355,6 +357,7 @@ fn lose(mgr: &ManagerInner, r: &RegionShared, slot: &mut Slot, reason: LostReaso
     // Nothing reaches the memory any more: commit what is there (best effort).
     r.tear_down(mgr, slot, true);
     slot.scratch = None;
+    slot.reserved = None; // never rebuilt
     r.word.finish_revoke();
     r.word.set_lost();
     r.set_state(mgr, slot, RegionState::Lost);

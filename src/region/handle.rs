@@ -18,6 +18,7 @@ use super::state::RegionState;
 use super::strategy::{self, BuildError, Built, Decision, Strategy};
 use crate::grant::{Binding, Grant, GrantCell, GrantShared, GrantState};
 use crate::lease::{FileId, Lease};
+use crate::sys::{AddressReservation, Mapping};
 use crate::verbs::{MemoryRegion, MemoryWindow, MwType, QpState, QueuePair};
 
 /// A snapshot of a region's registration.
@@ -47,6 +48,8 @@ pub(crate) struct Slot {
     /// The handle was dropped: a background task still holding the region must not
     /// count it in the metrics any more.
     pub(crate) forgotten: bool,
+    /// The addresses of a revoked ODP region, held until its rebuild maps there again.
+    pub(crate) reserved: Option<AddressReservation>,
 }
 
 /// What a region shares with the manager.
@@ -128,7 +131,17 @@ impl RegionShared {
             }
         }
         mgr.metrics.bytes(built.strategy.label(), -(slot.info.len as i64));
-        drop(built);
+        let Built { mr, mapping, strategy } = built;
+        drop(mr);
+        // An ODP region is rebuilt at its old addresses (rxe needs IOVA == VA): hold them
+        // with a placeholder so no other mapping lands there meanwhile.
+        if strategy == Strategy::Odp {
+            match Arc::try_unwrap(mapping).map(Mapping::into_reservation) {
+                Ok(Ok(held)) => slot.reserved = Some(held),
+                Ok(Err(e)) => tracing::warn!(region = self.id, error = %e, "no placeholder"),
+                Err(_) => tracing::warn!(region = self.id, "mapping still shared: no placeholder"),
+            }
+        }
         slot.info.lkey = 0;
         failed
     }

@@ -363,7 +363,13 @@ impl Manager {
             dev: md.dev(),
             lease,
             word: GuardWord::new(),
-            slot: Mutex::new(Slot { live: Some(built), scratch: None, info, forgotten: false }),
+            slot: Mutex::new(Slot {
+                live: Some(built),
+                scratch: None,
+                info,
+                forgotten: false,
+                reserved: None,
+            }),
             grants: Mutex::new(Vec::new()),
             _locked: locked,
         });
@@ -443,6 +449,7 @@ impl ManagerInner {
             shared.fence_remaining(self);
             shared.tear_down(self, &mut slot, true);
             slot.scratch = None;
+            slot.reserved = None;
             slot.forgotten = true;
             self.metrics.region_state(
                 slot.info.decision.strategy.label(),

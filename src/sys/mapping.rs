@@ -378,6 +378,94 @@ impl Mapping {
     }
 }
 
+/// An address range held by an inaccessible placeholder (`PROT_NONE`, no memory behind
+/// it) so nothing else is mapped there: where a revoked ODP region's file mapping was,
+/// until its rebuild maps the file there again ([`Mapping::file_in`]). Unmapped on drop.
+#[derive(Debug)]
+pub struct AddressReservation {
+    base: NonNull<u8>,
+    map_len: usize,
+}
+
+// SAFETY: an inaccessible range owned by this value; nothing reads or writes it.
+unsafe impl Send for AddressReservation {}
+// SAFETY: as above.
+unsafe impl Sync for AddressReservation {}
+
+impl Mapping {
+    /// Replaces this mapping, atomically, by a placeholder over the same addresses (one
+    /// `mmap(MAP_FIXED)`: at no moment is the range free for another mapping).
+    pub fn into_reservation(self) -> SysResult<AddressReservation> {
+        let len = NonZeroUsize::new(self.map_len)
+            .ok_or_else(|| SysError::new("mmap", Errno::EINVAL, "empty mapping"))?;
+        // SAFETY: the range is exactly this mapping's, which this value owns and nothing
+        // else references (its memory regions were dropped by the caller); MAP_FIXED
+        // replaces it with inaccessible, unbacked memory.
+        let base = unsafe {
+            mmap_anonymous(
+                Some(NonZeroUsize::new(self.base.as_ptr() as usize).expect("mapped address")),
+                len,
+                ProtFlags::PROT_NONE,
+                MapFlags::MAP_PRIVATE | MapFlags::MAP_FIXED | MapFlags::MAP_NORESERVE,
+            )
+        }
+        .map_err(|e| SysError::new("mmap", e, format!("placeholder of {} bytes", self.map_len)))?;
+        let reservation = AddressReservation { base: base.cast(), map_len: self.map_len };
+        // The range now belongs to the reservation: the mapping must not unmap it.
+        std::mem::forget(self);
+        Ok(reservation)
+    }
+
+    /// [`Mapping::file_at`] into the range `reservation` holds (which must be exactly the
+    /// range the new mapping needs), replacing its placeholder: the rebuilt mapping gets
+    /// its predecessor's addresses whatever else was mapped meanwhile. On failure the
+    /// reservation is given up.
+    pub fn file_in(
+        reservation: AddressReservation,
+        fd: impl AsFd,
+        offset: u64,
+        len: usize,
+        prot: Protection,
+    ) -> SysResult<Mapping> {
+        let page = page_size() as u64;
+        let head = (offset % page) as usize;
+        let detail = || format!("offset {offset} len {len} {prot:?} in {reservation:?}");
+        if head.checked_add(len) != Some(reservation.map_len) || len == 0 {
+            return Err(SysError::new("mmap", Errno::EINVAL, detail()));
+        }
+        let file_off = i64::try_from(offset - head as u64)
+            .map_err(|_| SysError::new("mmap", Errno::EOVERFLOW, detail()))?;
+        let at = NonZeroUsize::new(reservation.base.as_ptr() as usize).expect("mapped address");
+        let map_len = NonZeroUsize::new(reservation.map_len).expect("checked above");
+        // SAFETY: the range is the reservation's own placeholder, which nothing references;
+        // MAP_FIXED replaces exactly it; the fd is borrowed only for the call.
+        let base = unsafe {
+            mmap(
+                Some(at),
+                map_len,
+                prot.flags(),
+                MapFlags::MAP_SHARED | MapFlags::MAP_FIXED,
+                fd,
+                file_off,
+            )
+        }
+        .map_err(|e| SysError::new("mmap", e, detail()))?;
+        let m = Mapping { base: base.cast(), map_len: map_len.get(), head, len, file_backed: true };
+        // The range now belongs to the mapping.
+        std::mem::forget(reservation);
+        Ok(m)
+    }
+}
+
+impl Drop for AddressReservation {
+    fn drop(&mut self) {
+        // SAFETY: exactly the placeholder this value owns.
+        if let Err(e) = unsafe { munmap(self.base.cast(), self.map_len) } {
+            tracing::error!(error = %e, "munmap of a reservation failed");
+        }
+    }
+}
+
 impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: base/map_len are exactly what mmap returned; nothing borrows the memory
@@ -431,6 +519,20 @@ mod tests {
             Errno::EINVAL,
             "not at the offset's place in its page"
         );
+        // Revoked: a placeholder holds the addresses (nothing else can map there), and
+        // the rebuild maps the file into it.
+        let held = again.into_reservation().unwrap();
+        let taken = Mapping::file_at(&f, 4100, 5000, Protection::ReadWrite, at).unwrap_err();
+        assert_eq!(taken.errno, Errno::EEXIST, "the placeholder keeps the range");
+        let rebuilt = Mapping::file_in(held, &f, 4100, 5000, Protection::ReadWrite).unwrap();
+        assert_eq!(rebuilt.as_ptr() as u64, at);
+        let mut back = vec![0; 5];
+        rebuilt.read_at(10, &mut back).unwrap();
+        assert_eq!(&back, b"hello");
+        drop(rebuilt);
+        let wrong = Mapping::anonymous(4096).unwrap().into_reservation().unwrap();
+        let e = Mapping::file_in(wrong, &f, 4100, 5000, Protection::ReadWrite).unwrap_err();
+        assert_eq!(e.errno, Errno::EINVAL, "a reservation of another size");
         std::fs::remove_file(&path).unwrap();
     }
 

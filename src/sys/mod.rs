@@ -6,7 +6,7 @@ mod error;
 mod mapping;
 
 pub use error::{SysError, SysResult, io_errno};
-pub use mapping::{Mapping, Protection, page_offset, page_size};
+pub use mapping::{AddressReservation, Mapping, Protection, page_offset, page_size};
 pub(crate) mod lease;
 #[doc(hidden)]
 pub mod lease_baseline;

@@ -72,16 +72,28 @@ pub fn is_reserved_wr_id(wr_id: u64) -> bool {
 struct Stash {
     reserved: HashMap<u64, WorkCompletion>,
     others: VecDeque<ffi::ibv_wc>,
+    /// filemr's work requests whose wait timed out: their completions, if they come,
+    /// are dropped rather than kept for nobody.
+    abandoned: std::collections::HashSet<u64>,
 }
 
 impl Stash {
     /// Keeps `wc` if it is one of filemr's own; hands it back otherwise.
     fn keep_reserved(&mut self, wc: ffi::ibv_wc) -> Option<ffi::ibv_wc> {
         if is_reserved_wr_id(wc.wr_id) {
-            self.reserved.insert(wc.wr_id, WorkCompletion::from_raw(&wc));
+            self.file_reserved(&wc);
             None
         } else {
             Some(wc)
+        }
+    }
+}
+
+impl Stash {
+    /// Keeps one of filemr's completions for its waiter (or drops it: nobody waits).
+    fn file_reserved(&mut self, wc: &ffi::ibv_wc) {
+        if !self.abandoned.remove(&wc.wr_id) {
+            self.reserved.insert(wc.wr_id, WorkCompletion::from_raw(wc));
         }
     }
 }
@@ -267,7 +279,7 @@ impl CompletionQueue {
         if !is_reserved_wr_id(wc.wr_id) {
             return false;
         }
-        self.stash.lock().reserved.insert(wc.wr_id, WorkCompletion::from_raw(wc));
+        self.stash.lock().file_reserved(wc);
         self.delivered.notify_all();
         true
     }
@@ -310,6 +322,12 @@ impl CompletionQueue {
                 }
             }
             if start.elapsed() > timeout {
+                let mut stash = self.stash.lock();
+                if let Some(wc) = stash.reserved.remove(&wr_id) {
+                    return Ok(wc);
+                }
+                stash.abandoned.insert(wr_id);
+                drop(stash);
                 let hint = match self.polling {
                     CqPolling::Shared => "",
                     CqPolling::Application => {

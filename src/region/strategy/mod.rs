@@ -10,7 +10,7 @@ use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
 use super::config::Access;
-use crate::sys::{Mapping, SysError};
+use crate::sys::{AddressReservation, Mapping, SysError};
 use crate::verbs::{MemoryRegion, ProtectionDomain, VerbsError};
 
 /// A registration strategy.
@@ -107,9 +107,25 @@ pub(crate) fn build(
     access: Access,
     iova: Option<u64>,
 ) -> Result<Built, BuildError> {
+    rebuild(strategy, pd, fd, offset, len, access, iova, None)
+}
+
+/// [`build`] of a rebuild: an ODP region maps the file into `reserved`, the placeholder
+/// holding its predecessor's addresses (taken up whether or not the build succeeds).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rebuild(
+    strategy: Strategy,
+    pd: &Arc<ProtectionDomain>,
+    fd: BorrowedFd<'_>,
+    offset: u64,
+    len: usize,
+    access: Access,
+    iova: Option<u64>,
+    reserved: Option<AddressReservation>,
+) -> Result<Built, BuildError> {
     let (mr, mapping) = match strategy {
-        Strategy::Odp => in_place::build(pd, fd, offset, len, access, true, iova)?,
-        Strategy::Pinned => in_place::build(pd, fd, offset, len, access, false, iova)?,
+        Strategy::Odp => in_place::build(pd, fd, offset, len, access, true, iova, reserved)?,
+        Strategy::Pinned => in_place::build(pd, fd, offset, len, access, false, iova, None)?,
         Strategy::Staging => staging::build(pd, fd, offset, len, access, iova)?,
     };
     Ok(Built { mr, mapping, strategy })
