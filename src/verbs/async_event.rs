@@ -56,7 +56,7 @@ impl AsyncEvents {
         // SAFETY: `ibv_async_event` is plain old data; zero is valid before the call fills it.
         let mut ev: ffi::ibv_async_event = unsafe { std::mem::zeroed() };
         // SAFETY: the context is live (we hold an Arc) and its fd is non-blocking.
-        let ret = unsafe { ffi::ibv_get_async_event(self.ctx.as_ptr(), &mut ev) };
+        let ret = unsafe { ffi::ibv_get_async_event(self.ctx.as_raw(), &mut ev) };
         if ret != 0 {
             let e = Errno::last();
             return if e == Errno::EAGAIN {

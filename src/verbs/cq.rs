@@ -87,9 +87,7 @@ impl Stash {
             Some(wc)
         }
     }
-}
 
-impl Stash {
     /// Keeps one of filemr's completions for its waiter (or drops it: nobody waits).
     fn file_reserved(&mut self, wc: &ffi::ibv_wc) {
         if !self.abandoned.remove(&wc.wr_id) {
@@ -155,7 +153,7 @@ impl CompletionQueue {
         })?;
         // SAFETY: the context is live; no channel or user context is attached.
         let cq = unsafe {
-            ffi::ibv_create_cq(ctx.as_ptr(), n, std::ptr::null_mut(), std::ptr::null_mut(), 0)
+            ffi::ibv_create_cq(ctx.as_raw(), n, std::ptr::null_mut(), std::ptr::null_mut(), 0)
         };
         let ptr = NonNull::new(cq)
             .ok_or_else(|| VerbsError::last("ibv_create_cq", format!("{entries} entries")))?;
@@ -195,7 +193,7 @@ impl CompletionQueue {
             return Err(VerbsError::new("ibv_cq", Errno::EINVAL, "NULL completion queue"));
         };
         // SAFETY: the caller promises a live CQ; `context` is set by libibverbs.
-        if unsafe { ptr.as_ref().context } != ctx.as_ptr() {
+        if unsafe { ptr.as_ref().context } != ctx.as_raw() {
             return Err(VerbsError::new(
                 "ibv_cq",
                 Errno::EINVAL,
@@ -203,10 +201,6 @@ impl CompletionQueue {
             ));
         }
         Ok(Self::wrap(ptr, ctx, polling, false))
-    }
-
-    pub(crate) fn as_ptr(&self) -> *mut ffi::ibv_cq {
-        self.ptr.as_ptr()
     }
 
     /// The raw `ibv_cq` (to create queue pairs on it). Poll it as its [`CqPolling`] says.
@@ -229,7 +223,7 @@ impl CompletionQueue {
         // SAFETY: `ibv_wc` is plain old data; zero is a valid value to be overwritten.
         let mut wc: ffi::ibv_wc = unsafe { std::mem::zeroed() };
         // SAFETY: the CQ is live and `wc` has room for one entry.
-        let n = unsafe { ffi::ibv_poll_cq(self.as_ptr(), 1, &mut wc) };
+        let n = unsafe { ffi::ibv_poll_cq(self.as_raw(), 1, &mut wc) };
         if n < 0 {
             return Err(VerbsError::from_ret("ibv_poll_cq", n, ""));
         }
@@ -239,15 +233,10 @@ impl CompletionQueue {
     /// Poll up to `max` completions without blocking (completions of filemr's own work
     /// requests are set aside, not returned).
     pub fn poll(&self, max: usize) -> VerbsResult<Vec<WorkCompletion>> {
-        let mut raw = Vec::with_capacity(max.min(64));
-        let mut stash = self.stash.lock();
-        let take = max.min(stash.others.len());
-        raw.extend(stash.others.drain(..take));
-        while raw.len() < max {
-            let Some(wc) = self.poll_raw()? else { break };
-            raw.extend(stash.keep_reserved(wc));
-        }
-        Ok(raw.iter().map(WorkCompletion::from_raw).collect())
+        // SAFETY: `ibv_wc` is plain old data; zero is a valid value to be overwritten.
+        let mut raw: Vec<ffi::ibv_wc> = (0..max).map(|_| unsafe { std::mem::zeroed() }).collect();
+        let n = self.poll_wc(&mut raw)?;
+        Ok(raw[..n].iter().map(WorkCompletion::from_raw).collect())
     }
 
     /// [`CompletionQueue::poll`] with whole `ibv_wc` entries (opcode, immediate data,
@@ -372,7 +361,7 @@ impl Drop for CompletionQueue {
             return;
         }
         // SAFETY: QPs using this CQ hold an Arc to it, so none is alive; destroyed once.
-        let ret = unsafe { ffi::ibv_destroy_cq(self.as_ptr()) };
+        let ret = unsafe { ffi::ibv_destroy_cq(self.as_raw()) };
         if ret != 0 {
             tracing::error!(ret, "ibv_destroy_cq failed");
         }

@@ -235,10 +235,6 @@ impl Context {
         self.ptr.as_ptr()
     }
 
-    pub(crate) fn as_ptr(&self) -> *mut ffi::ibv_context {
-        self.ptr.as_ptr()
-    }
-
     /// Query capabilities with `ibv_query_device_ex` (ODP caps, max MR size, MW support).
     pub fn caps(&self) -> VerbsResult<DeviceCaps> {
         // SAFETY: `ibv_device_attr_ex` is plain old data; all-zero is a valid value.
@@ -247,7 +243,7 @@ impl Context {
             // SAFETY: the op comes from the provider's live verbs_context; `attr` is a valid
             // out-pointer of the size we pass; a NULL input means "no comp_mask".
             Some(op) => unsafe {
-                op(self.as_ptr(), std::ptr::null(), &mut attr, std::mem::size_of_val(&attr))
+                op(self.as_raw(), std::ptr::null(), &mut attr, std::mem::size_of_val(&attr))
             },
             None => libc::EOPNOTSUPP,
         };
@@ -256,7 +252,7 @@ impl Context {
             // SAFETY: plain old data; zero is valid.
             attr = unsafe { std::mem::zeroed() };
             // SAFETY: the context is open and `orig_attr` is a valid out-pointer.
-            unsafe { ffi::ibv_query_device(self.as_ptr(), &mut attr.orig_attr) }
+            unsafe { ffi::ibv_query_device(self.as_raw(), &mut attr.orig_attr) }
         } else {
             ret
         };
@@ -294,7 +290,7 @@ impl Context {
     /// `UINTPTR_MAX`, so it never finds the extended context and its
     /// `ibv_query_device_ex` silently falls back to the legacy query without ODP caps.)
     fn verbs_context(&self) -> Option<QueryDeviceEx> {
-        let ctx = self.as_ptr();
+        let ctx = self.as_raw();
         // SAFETY: the context is open; `abi_compat` is a plain field.
         let abi = unsafe { (*ctx).abi_compat };
         if abi as usize != usize::MAX {
@@ -320,7 +316,7 @@ impl Context {
         // SAFETY: plain old data; zero is valid.
         let mut attr: ffi::ibv_port_attr = unsafe { std::mem::zeroed() };
         // SAFETY: the context is open and `attr` is a valid out-pointer of the right size.
-        let ret = unsafe { ffi::___ibv_query_port(self.as_ptr(), port, &mut attr) };
+        let ret = unsafe { ffi::___ibv_query_port(self.as_raw(), port, &mut attr) };
         if ret != 0 {
             return Err(VerbsError::from_ret("ibv_query_port", ret, format!("port {port}")));
         }
@@ -335,7 +331,7 @@ impl Context {
     pub fn gid(&self, port: u8, index: u32) -> VerbsResult<[u8; 16]> {
         let mut gid = ffi::ibv_gid { raw: [0; 16] };
         // SAFETY: the context is open, `gid` is a valid out-pointer.
-        let ret = unsafe { ffi::ibv_query_gid(self.as_ptr(), port, index as i32, &mut gid) };
+        let ret = unsafe { ffi::ibv_query_gid(self.as_raw(), port, index as i32, &mut gid) };
         if ret != 0 {
             return Err(VerbsError::last("ibv_query_gid", format!("port {port} index {index}")));
         }
@@ -370,7 +366,7 @@ impl Context {
     /// The context's asynchronous event file descriptor.
     pub(crate) fn async_fd(&self) -> RawFd {
         // SAFETY: the context is open; `async_fd` is a plain field.
-        unsafe { (*self.as_ptr()).async_fd }
+        unsafe { (*self.as_raw()).async_fd }
     }
 
     /// Borrow the async event fd (valid while the context lives).
@@ -387,6 +383,6 @@ impl Drop for Context {
         }
         // SAFETY: every child object holds an Arc to the context (through its PD or CQ), so
         // none is alive here; the context is closed exactly once.
-        unsafe { ffi::ibv_close_device(self.as_ptr()) };
+        unsafe { ffi::ibv_close_device(self.as_raw()) };
     }
 }

@@ -75,7 +75,7 @@ impl MemoryRegion {
         // SAFETY: the PD is live; the mapping stays mapped while the MR lives (we keep an
         // Arc to it).
         let mr =
-            unsafe { ffi::ibv_reg_mr_iova2(pd.as_ptr(), addr.cast(), len, iova, access.bits()) };
+            unsafe { ffi::ibv_reg_mr_iova2(pd.as_raw(), addr.cast(), len, iova, access.bits()) };
         let ptr = NonNull::new(mr).ok_or_else(|| {
             VerbsError::last(
                 "ibv_reg_mr_iova2",
@@ -98,7 +98,7 @@ impl MemoryRegion {
         access: Access,
     ) -> VerbsResult<MemoryRegion> {
         // SAFETY: the PD is live; the memory contract is the caller's (see above).
-        let mr = unsafe { ffi::ibv_reg_mr(pd.as_ptr(), addr.cast(), len, access.bits() as i32) };
+        let mr = unsafe { ffi::ibv_reg_mr(pd.as_raw(), addr.cast(), len, access.bits() as i32) };
         let ptr = NonNull::new(mr).ok_or_else(|| {
             VerbsError::last("ibv_reg_mr", format!("addr {addr:p} len {len} access {access:?}"))
         })?;

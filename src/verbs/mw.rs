@@ -35,7 +35,7 @@ impl MemoryWindow {
             MwType::Type2 => ffi::ibv_mw_type::IBV_MW_TYPE_2,
         };
         // SAFETY: the PD is live for as long as the Arc we keep.
-        let mw = unsafe { ffi::ibv_alloc_mw(pd.as_ptr(), t) };
+        let mw = unsafe { ffi::ibv_alloc_mw(pd.as_raw(), t) };
         let ptr = mw
             .and_then(NonNull::new)
             .ok_or_else(|| VerbsError::last("ibv_alloc_mw", format!("{kind:?}")))?;

@@ -29,7 +29,7 @@ impl ProtectionDomain {
     /// Allocate a protection domain on `ctx`.
     pub fn new(ctx: &Arc<Context>) -> VerbsResult<Arc<ProtectionDomain>> {
         // SAFETY: the context is open for as long as the Arc we keep.
-        let pd = unsafe { ffi::ibv_alloc_pd(ctx.as_ptr()) };
+        let pd = unsafe { ffi::ibv_alloc_pd(ctx.as_raw()) };
         let ptr = NonNull::new(pd).ok_or_else(|| VerbsError::last("ibv_alloc_pd", ctx.name()))?;
         Ok(Arc::new(ProtectionDomain { ptr, ctx: ctx.clone(), owned: true }))
     }
@@ -58,7 +58,7 @@ impl ProtectionDomain {
         };
         // SAFETY: the caller promises a live PD; `context` is set by libibverbs.
         let owner = unsafe { ptr.as_ref().context };
-        if owner != ctx.as_ptr() {
+        if owner != ctx.as_raw() {
             return Err(VerbsError::new(
                 "ibv_pd",
                 nix::errno::Errno::EINVAL,
@@ -83,10 +83,6 @@ impl ProtectionDomain {
     pub fn context(&self) -> &Arc<Context> {
         &self.ctx
     }
-
-    pub(crate) fn as_ptr(&self) -> *mut ffi::ibv_pd {
-        self.ptr.as_ptr()
-    }
 }
 
 impl Drop for ProtectionDomain {
@@ -95,7 +91,7 @@ impl Drop for ProtectionDomain {
             return;
         }
         // SAFETY: MRs, MWs and QPs hold an Arc to this PD, so none is alive; freed once.
-        let ret = unsafe { ffi::ibv_dealloc_pd(self.as_ptr()) };
+        let ret = unsafe { ffi::ibv_dealloc_pd(self.as_raw()) };
         if ret != 0 {
             tracing::error!(ret, "ibv_dealloc_pd failed");
         }

@@ -70,15 +70,15 @@ impl QueuePair {
     pub fn new_rc(pd: &Arc<ProtectionDomain>, cq: &Arc<CompletionQueue>) -> VerbsResult<QueuePair> {
         // SAFETY: plain old data; zero is valid and every field we need is set below.
         let mut init: ffi::ibv_qp_init_attr = unsafe { std::mem::zeroed() };
-        init.send_cq = cq.as_ptr();
-        init.recv_cq = cq.as_ptr();
+        init.send_cq = cq.as_raw();
+        init.recv_cq = cq.as_raw();
         init.qp_type = ffi::ibv_qp_type::IBV_QPT_RC;
         init.cap.max_send_wr = MAX_WR;
         init.cap.max_recv_wr = MAX_WR;
         init.cap.max_send_sge = 1;
         init.cap.max_recv_sge = 1;
         // SAFETY: PD and CQ are live and outlive the QP (we keep Arcs).
-        let qp = unsafe { ffi::ibv_create_qp(pd.as_ptr(), &mut init) };
+        let qp = unsafe { ffi::ibv_create_qp(pd.as_raw(), &mut init) };
         let ptr = NonNull::new(qp).ok_or_else(|| VerbsError::last("ibv_create_qp", "RC"))?;
         Ok(QueuePair {
             ptr,
@@ -114,10 +114,10 @@ impl QueuePair {
             let q = ptr.as_ref();
             (q.pd, q.send_cq, q.qp_type, q.qp_num)
         };
-        if qp_pd != pd.as_ptr() {
+        if qp_pd != pd.as_raw() {
             return Err(bad(format!("queue pair {num} is in another protection domain")));
         }
-        if qp_cq != send_cq.as_ptr() {
+        if qp_cq != send_cq.as_raw() {
             return Err(bad(format!("queue pair {num} sends to another completion queue")));
         }
         if qp_type != ffi::ibv_qp_type::IBV_QPT_RC {
@@ -239,7 +239,7 @@ impl QueuePair {
             .checked_sub(mr.addr())
             .and_then(|off| off.checked_add(len as u64))
             .is_some_and(|end| end <= mr.len() as u64);
-        if mw.kind() != MwType::Type2 || !inside || len == 0 || mr.pd().as_ptr() != self.pd.as_ptr()
+        if mw.kind() != MwType::Type2 || !inside || len == 0 || mr.pd().as_raw() != self.pd.as_raw()
         {
             return Err(VerbsError::new("ibv_post_send(BIND_MW)", Errno::EINVAL, detail()));
         }
@@ -403,7 +403,7 @@ impl QueuePair {
                 format!("local range {offset}+{len} outside MR of {} bytes", local.len()),
             ));
         };
-        if local.pd().as_ptr() != self.pd.as_ptr() {
+        if local.pd().as_raw() != self.pd.as_raw() {
             return Err(VerbsError::new(
                 "ibv_post_send",
                 Errno::EINVAL,
