@@ -79,7 +79,7 @@ pub fn page_offset(addr: u64) -> usize {
 impl Mapping {
     /// Map `len` bytes of the file behind `fd` at `offset`, `MAP_SHARED`.
     pub fn file(fd: impl AsFd, offset: u64, len: usize, prot: Protection) -> SysResult<Mapping> {
-        Mapping::file_placed(fd, offset, len, prot, None)
+        Mapping::file_placed(fd, offset, len, prot, Place::Anywhere)
     }
 
     /// [`Mapping::file`] with its first byte at the virtual address `at` (which must sit
@@ -94,7 +94,7 @@ impl Mapping {
         prot: Protection,
         at: u64,
     ) -> SysResult<Mapping> {
-        Mapping::file_placed(fd, offset, len, prot, Some(at))
+        Mapping::file_placed(fd, offset, len, prot, Place::At(at))
     }
 
     fn file_placed(
@@ -102,9 +102,9 @@ impl Mapping {
         offset: u64,
         len: usize,
         prot: Protection,
-        at: Option<u64>,
+        place: Place<'_>,
     ) -> SysResult<Mapping> {
-        let detail = || format!("offset {offset} len {len} {prot:?} at {at:x?}");
+        let detail = || format!("offset {offset} len {len} {prot:?} {place:?}");
         let page = page_size() as u64;
         let aligned = offset - offset % page;
         let head = (offset - aligned) as usize;
@@ -115,25 +115,32 @@ impl Mapping {
             .ok_or_else(|| SysError::new("mmap", Errno::EINVAL, detail()))?;
         let file_off = i64::try_from(aligned)
             .map_err(|_| SysError::new("mmap", Errno::EOVERFLOW, detail()))?;
-        let (hint, flags) = match at {
-            None => (None, MapFlags::MAP_SHARED),
-            Some(at) => {
-                let base = at
-                    .checked_sub(head as u64)
-                    .filter(|b| b % page == 0)
-                    .and_then(|b| NonZeroUsize::new(b as usize))
-                    .ok_or_else(|| SysError::new("mmap", Errno::EINVAL, detail()))?;
-                (Some(base), MapFlags::MAP_SHARED | MapFlags::MAP_FIXED_NOREPLACE)
-            }
+        let at = |at: u64| {
+            at.checked_sub(head as u64)
+                .filter(|b| b % page == 0)
+                .and_then(|b| NonZeroUsize::new(b as usize))
+                .ok_or_else(|| SysError::new("mmap", Errno::EINVAL, detail()))
         };
-        // SAFETY: a MAP_SHARED mapping either chosen by the kernel or placed where nothing
-        // is mapped (MAP_FIXED_NOREPLACE fails rather than replace), so it cannot alias
-        // any Rust object; the fd is borrowed only for the call.
+        let (hint, flags) = match place {
+            Place::Anywhere => (None, MapFlags::MAP_SHARED),
+            Place::At(addr) => {
+                (Some(at(addr)?), MapFlags::MAP_SHARED | MapFlags::MAP_FIXED_NOREPLACE)
+            }
+            Place::Into(held) if held.map_len == map_len.get() => {
+                let base = NonZeroUsize::new(held.base.as_ptr() as usize).expect("mapped");
+                (Some(base), MapFlags::MAP_SHARED | MapFlags::MAP_FIXED)
+            }
+            Place::Into(_) => return Err(SysError::new("mmap", Errno::EINVAL, detail())),
+        };
+        // SAFETY: a MAP_SHARED mapping chosen by the kernel, placed where nothing is
+        // mapped (MAP_FIXED_NOREPLACE fails rather than replace), or replacing exactly a
+        // placeholder the caller owns and nothing references (MAP_FIXED), so it cannot
+        // alias any Rust object; the fd is borrowed only for the call.
         let base = unsafe { mmap(hint, map_len, prot.flags(), flags, fd, file_off) }
             .map_err(|e| SysError::new("mmap", e, detail()))?;
         let m = Mapping { base: base.cast(), map_len: map_len.get(), head, len, file_backed: true };
-        if let Some(at) = at
-            && m.as_ptr() as u64 != at
+        if let (Place::At(_), Some(hint)) = (place, hint)
+            && m.base.as_ptr() as usize != hint.get()
         {
             // Kernels before 4.17 treat the flag as a hint.
             return Err(SysError::new("mmap", Errno::EEXIST, detail()));
@@ -427,34 +434,22 @@ impl Mapping {
         len: usize,
         prot: Protection,
     ) -> SysResult<Mapping> {
-        let page = page_size() as u64;
-        let head = (offset % page) as usize;
-        let detail = || format!("offset {offset} len {len} {prot:?} in {reservation:?}");
-        if head.checked_add(len) != Some(reservation.map_len) || len == 0 {
-            return Err(SysError::new("mmap", Errno::EINVAL, detail()));
-        }
-        let file_off = i64::try_from(offset - head as u64)
-            .map_err(|_| SysError::new("mmap", Errno::EOVERFLOW, detail()))?;
-        let at = NonZeroUsize::new(reservation.base.as_ptr() as usize).expect("mapped address");
-        let map_len = NonZeroUsize::new(reservation.map_len).expect("checked above");
-        // SAFETY: the range is the reservation's own placeholder, which nothing references;
-        // MAP_FIXED replaces exactly it; the fd is borrowed only for the call.
-        let base = unsafe {
-            mmap(
-                Some(at),
-                map_len,
-                prot.flags(),
-                MapFlags::MAP_SHARED | MapFlags::MAP_FIXED,
-                fd,
-                file_off,
-            )
-        }
-        .map_err(|e| SysError::new("mmap", e, detail()))?;
-        let m = Mapping { base: base.cast(), map_len: map_len.get(), head, len, file_backed: true };
+        let m = Mapping::file_placed(fd, offset, len, prot, Place::Into(&reservation))?;
         // The range now belongs to the mapping.
         std::mem::forget(reservation);
         Ok(m)
     }
+}
+
+/// Where [`Mapping::file_placed`] maps.
+#[derive(Debug, Clone, Copy)]
+enum Place<'a> {
+    /// Where the kernel chooses.
+    Anywhere,
+    /// At this address of the first byte, if nothing is mapped there.
+    At(u64),
+    /// Over this placeholder, which must span exactly the mapping.
+    Into(&'a AddressReservation),
 }
 
 impl Drop for AddressReservation {

@@ -161,28 +161,28 @@ fn current(sig: libc::c_int) -> Result<(usize, libc::c_int), Errno> {
     Errno::result(rc).map(|_| (old.sa_sigaction, old.sa_flags))
 }
 
-/// Installs our handler for `sig`, returning the disposition it replaced.
-fn install(sig: libc::c_int) -> Result<(usize, libc::c_int), Errno> {
+/// Installs our handler for `sig`.
+fn install(sig: libc::c_int) -> Result<(), Errno> {
     // SAFETY: an all-zero sigaction is a valid starting value (empty mask, no flags).
     let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
     sa.sa_sigaction = on_signal as *const () as usize;
     sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
     // SAFETY: sa.sa_mask is a valid sigset_t owned by us.
     unsafe { libc::sigemptyset(&mut sa.sa_mask) };
-    // SAFETY: as above.
-    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
-    // SAFETY: `sa` is fully initialised, `old` is a valid out-pointer, and the handler
-    // only does async-signal-safe work (atomics, write(2), the previous SIGIO handler).
-    let rc = unsafe { libc::sigaction(sig, &sa, &mut old) };
-    Errno::result(rc).map(|_| (old.sa_sigaction, old.sa_flags))
+    // SAFETY: `sa` is fully initialised, the old-action pointer may be null, and the
+    // handler only does async-signal-safe work (atomics, write(2), the previous SIGIO
+    // handler).
+    let rc = unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) };
+    Errno::result(rc).map(drop)
 }
 
-/// Installs the `SIGIO` handler, keeping the one it replaces to chain to.
+/// Installs the `SIGIO` handler, keeping the one it replaces to chain to (recorded
+/// before ours is in place, so no SIGIO finds ours without it).
 fn install_sigio() -> Result<(), Errno> {
     let (prev, flags) = current(libc::SIGIO)?;
     PREV_SIGIO_FLAGS.store(flags, Ordering::Release);
     PREV_SIGIO.store(prev, Ordering::Release);
-    install(libc::SIGIO).map(drop)
+    install(libc::SIGIO)
 }
 
 /// The claim on the process's lease signal: at most one exists at a time. Dropping it
@@ -232,7 +232,7 @@ impl SignalSlot {
                     return Err(ClaimError::Sys(e));
                 }
             }
-            if let Err(e) = install_sigio().and_then(|()| install(sig).map(drop)) {
+            if let Err(e) = install_sigio().and_then(|()| install(sig)) {
                 release();
                 return Err(ClaimError::Sys(e));
             }
