@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::event::{LostReason, RegionEventKind, RevokeReason};
-use super::handle::{RegionShared, Slot};
+use super::handle::{RegionShared, Slot, TearDown};
 use super::manager::ManagerInner;
 use super::state::RegionState;
 use super::strategy::{self, Strategy};
@@ -114,7 +114,7 @@ fn finish_revocation(
         }
         r.fence_remaining(mgr);
         // 5, 6. Commit, deregister, unmap.
-        commit_errors.push(r.tear_down(mgr, &mut slot, true));
+        commit_errors.push(r.tear_down(mgr, &mut slot, TearDown::Revoke));
         let abandoned = r.word.finish_revoke();
         if abandoned > 0 {
             tracing::warn!(region = r.id, abandoned, "revoked with guards still held");
@@ -355,9 +355,9 @@ fn lose(mgr: &ManagerInner, r: &RegionShared, slot: &mut Slot, reason: LostReaso
         }
     }
     // Nothing reaches the memory any more: commit what is there (best effort).
-    r.tear_down(mgr, slot, true);
+    r.tear_down(mgr, slot, TearDown::Final);
     slot.scratch = None;
-    slot.reserved = None; // never rebuilt
+    slot.reserved = None; // a revoked region's: never rebuilt now
     r.word.finish_revoke();
     r.word.set_lost();
     r.set_state(mgr, slot, RegionState::Lost);

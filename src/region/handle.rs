@@ -21,6 +21,17 @@ use crate::lease::{FileId, Lease};
 use crate::sys::{AddressReservation, Mapping};
 use crate::verbs::{MemoryRegion, MemoryWindow, MwType, QpState, QueuePair};
 
+/// What a tear-down is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TearDown {
+    /// A revocation: commit, and keep an ODP region's addresses for its rebuild.
+    Revoke,
+    /// The region is gone for good (dropped or lost): commit.
+    Final,
+    /// Never seen by a peer (a registration a break overtook): no commit.
+    Discard,
+}
+
 /// A snapshot of a region's registration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegionInfo {
@@ -111,18 +122,18 @@ impl RegionShared {
         }
     }
 
-    /// Commits (if writable and `commit`), deregisters and unmaps the live registration,
-    /// if any. Grants must not reach it any more ([`RegionShared::fence_remaining`]).
-    /// Returns why the commit failed, if it did.
+    /// Commits (if writable and `how` says so), deregisters and unmaps the live
+    /// registration, if any. Grants must not reach it any more
+    /// ([`RegionShared::fence_remaining`]). Returns why the commit failed, if it did.
     pub(crate) fn tear_down(
         &self,
         mgr: &ManagerInner,
         slot: &mut Slot,
-        commit: bool,
+        how: TearDown,
     ) -> Option<String> {
         let built = slot.live.take()?;
         let mut failed = None;
-        if commit && self.access.is_writable() {
+        if how != TearDown::Discard && self.access.is_writable() {
             let len = slot.info.len;
             if let Err(e) = strategy::commit(&built, self.lease.fd(), self.offset, 0, len) {
                 tracing::error!(region = self.id, error = ?e, "commit before release failed");
@@ -135,7 +146,7 @@ impl RegionShared {
         drop(mr);
         // An ODP region is rebuilt at its old addresses (rxe needs IOVA == VA): hold them
         // with a placeholder so no other mapping lands there meanwhile.
-        if strategy == Strategy::Odp {
+        if how == TearDown::Revoke && strategy == Strategy::Odp {
             match Arc::try_unwrap(mapping).map(Mapping::into_reservation) {
                 Ok(Ok(held)) => slot.reserved = Some(held),
                 Ok(Err(e)) => tracing::warn!(region = self.id, error = %e, "no placeholder"),

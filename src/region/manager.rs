@@ -17,7 +17,7 @@ use super::budget::MemlockBudget;
 use super::config::{Access, ManagerConfig};
 use super::event::{LostReason, RegionEvent, RegionEvents};
 use super::guard::GuardWord;
-use super::handle::{Region, RegionInfo, RegionShared, Slot, build_error};
+use super::handle::{Region, RegionInfo, RegionShared, Slot, TearDown, build_error};
 use super::state::RegionState;
 use super::strategy::probe::{ProbeEnv, probe};
 use super::strategy::{self, Decision, Strategy};
@@ -386,7 +386,7 @@ impl Manager {
                 // No revocation owns it: tear it down unseen. No commit: no peer had a key,
                 // and staging bytes read during the break may be stale.
                 let mut slot = region.shared.slot.lock();
-                region.shared.tear_down(inner, &mut slot, false);
+                region.shared.tear_down(inner, &mut slot, TearDown::Discard);
                 drop(slot);
                 return Err(RegionError::Busy { path: path.to_path_buf() });
             }
@@ -447,7 +447,7 @@ impl ManagerInner {
             // Unregistering fences the grants left and commits what peers wrote (best
             // effort), like a revocation.
             shared.fence_remaining(self);
-            shared.tear_down(self, &mut slot, true);
+            shared.tear_down(self, &mut slot, TearDown::Final);
             slot.scratch = None;
             slot.reserved = None;
             slot.forgotten = true;
