@@ -83,22 +83,28 @@ fn stale(kind: &str) -> Fail {
     Fail::new(libc::EBADF, format!("not a live {kind} handle (freed, or its manager was closed)"))
 }
 
-/// The object behind `handle`, which must be a live handle of `kind`; and its owner.
-pub(crate) fn get<T>(handle: *const T, kind: &'static str) -> Result<(u64, Object)> {
+/// The entry of `handle`, which must be a live handle of `kind`.
+fn entry<'t, T>(t: &'t Table, handle: *const T, kind: &'static str) -> Result<(u64, &'t Entry)> {
     let id = id(handle, kind)?;
-    let t = TABLE.lock();
     let e = t.live.get(&id).ok_or_else(|| stale(kind))?;
     if e.obj.kind() != kind {
         return Err(Fail::new(libc::EBADF, format!("a {} handle given as a {kind}", e.obj.kind())));
     }
+    Ok((id, e))
+}
+
+/// The object behind `handle`, which must be a live handle of `kind`; and its owner.
+pub(crate) fn get<T>(handle: *const T, kind: &'static str) -> Result<(u64, Object)> {
+    let t = TABLE.lock();
+    let (_, e) = entry(&t, handle, kind)?;
     Ok((e.owner, e.obj.clone()))
 }
 
 /// Takes `handle` (a live handle of `kind`) out of the table.
 pub(crate) fn remove<T>(handle: *const T, kind: &'static str) -> Result<Object> {
-    get(handle, kind)?;
-    let id = id(handle, kind)?;
-    TABLE.lock().live.remove(&id).map(|e| e.obj).ok_or_else(|| stale(kind))
+    let mut t = TABLE.lock();
+    let (id, _) = entry(&t, handle, kind)?;
+    Ok(t.live.remove(&id).expect("entry found it").obj)
 }
 
 /// Takes every handle made under the manager `owner` out of the table (the manager's own
