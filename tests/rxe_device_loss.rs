@@ -9,7 +9,7 @@ mod guest;
 #[path = "region_support/mod.rs"]
 mod region_support;
 
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,18 +19,13 @@ use filemr::sys::Mapping;
 use filemr::verbs::{
     Access as MrAccess, CompletionQueue, MemoryRegion, QueuePair, RemoteBuf, WcStatus,
 };
-use guest::{GuestEnv, pattern};
+use guest::{GuestEnv, pattern, sh, succeeds_within};
 use prometheus_client::registry::Registry;
 use region_support::{RT, make_file, note, wait_event};
 
 const DEV: &str = "rxe_lost";
 const NETDEV: &str = "fmr-lost";
 const LEN: usize = 1 << 20;
-
-fn sh(args: &[&str]) {
-    let st = Command::new(args[0]).args(&args[1..]).status().unwrap();
-    assert!(st.success(), "{args:?}: {st}");
-}
 
 fn add_device() {
     sh(&["rdma", "link", "add", DEV, "type", "rxe", "netdev", NETDEV]);
@@ -40,18 +35,6 @@ fn config() -> ManagerConfig {
     let mut cfg = ManagerConfig::new(DEV);
     cfg.device_poll = Duration::from_millis(100);
     cfg
-}
-
-fn exits_within(child: &mut Child, d: Duration) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < d {
-        if let Some(st) = child.try_wait().unwrap() {
-            assert!(st.success(), "rdma link delete: {st}");
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    None
 }
 
 #[test]
@@ -116,7 +99,7 @@ fn a_removed_device_loses_its_regions_and_a_new_manager_waits_for_it() {
     let t = Instant::now();
     drop((g, region, qa, qb, mr, cq, pd));
     drop(mgr);
-    let done = exits_within(&mut delete, Duration::from_secs(10));
+    let done = succeeds_within(&mut delete, Duration::from_secs(10));
     note(&format!(
         "device loss: the delete finished {done:?} after the drop (drop took {:?})",
         t.elapsed()

@@ -9,7 +9,7 @@ mod guest;
 #[path = "region_support/mod.rs"]
 mod region_support;
 
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,28 +18,11 @@ use filemr::verbs::{
     Access, AsyncEvents, CmChannel, CmEventKind, CmId, Context, MemoryRegion, MemoryWindow, MwType,
     ProtectionDomain, device_names,
 };
+use guest::{sh, succeeds_within};
 use region_support::{RT, note};
 
 const DEV: &str = "rxe_gone";
 const NETDEV: &str = "fmr-gone";
-
-fn sh(args: &[&str]) {
-    let st = Command::new(args[0]).args(&args[1..]).status().unwrap();
-    assert!(st.success(), "{args:?}: {st}");
-}
-
-/// Waits up to `d` for `child` to exit; how long it took if it did.
-fn exits_within(child: &mut Child, d: Duration) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < d {
-        if let Some(st) = child.try_wait().unwrap() {
-            assert!(st.success(), "rdma link delete: {st}");
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    None
-}
 
 /// Whether the RDMA netlink device list (`rdma dev show`) has the device.
 fn netlink_lists() -> bool {
@@ -102,7 +85,7 @@ fn what_a_process_sees_when_its_device_is_deleted() {
     assert!(events.is_empty(), "rxe sends no async event (no DEVICE_FATAL)");
     let t = Instant::now();
     drop(v);
-    let done = exits_within(&mut delete, Duration::from_secs(10));
+    let done = succeeds_within(&mut delete, Duration::from_secs(10));
     note(&format!(
         "device removal, verbs only: closing took {:?}; delete done {done:?}",
         t.elapsed()
@@ -131,7 +114,7 @@ fn what_a_process_sees_when_its_device_is_deleted() {
     drop(listener);
     drop(v);
     drop(channel);
-    let done = exits_within(&mut delete, Duration::from_secs(5));
+    let done = succeeds_within(&mut delete, Duration::from_secs(5));
     let fds: Vec<String> = std::fs::read_dir("/proc/self/fd")
         .unwrap()
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())

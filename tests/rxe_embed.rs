@@ -94,12 +94,7 @@ impl Embedded {
     }
 
     fn metric(&self, series: &str) -> f64 {
-        let mut s = String::new();
-        prometheus_client::encoding::text::encode(&mut s, &self.registry.lock().unwrap()).unwrap();
-        s.lines()
-            .filter(|l| l.starts_with(series))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        region_support::metric_sum_in(&self.registry.lock().unwrap(), series)
     }
 }
 

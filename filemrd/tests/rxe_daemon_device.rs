@@ -4,6 +4,9 @@
 //! its connection drops), filemrd exits 75 so the deletion can finish (librdmacm keeps a
 //! device open until its process exits), with the peer's committed bytes in the file.
 
+#[path = "../../tests/guest/mod.rs"]
+mod guest;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -11,25 +14,11 @@ use std::time::{Duration, Instant};
 use filemr::layout::wire::LostCode;
 use filemr::layout::{ClientConfig, LayoutClient, LayoutEvent};
 use filemr::region::Access;
+use guest::{exit_within, note, sh};
 
 const SRV: (&str, &str, &str) = ("rxe_dv", "fmr-dv", "10.80.0.1");
 const PEER: (&str, &str, &str) = ("rxe_dvp", "fmr-dv-p", "10.80.0.2");
 const PORT: u16 = 20051;
-
-/// Saves a line for the report in the guest's output directory (best effort).
-fn note(line: &str) {
-    use std::io::Write;
-    if let Ok(mut f) =
-        std::fs::OpenOptions::new().create(true).append(true).open("/tmp/out/region-notes.txt")
-    {
-        let _ = writeln!(f, "{line}");
-    }
-}
-
-fn sh(args: &[&str]) {
-    let st = Command::new(args[0]).args(&args[1..]).status().unwrap();
-    assert!(st.success(), "{args:?}: {st}");
-}
 
 fn add_device((dev, netdev, _): (&str, &str, &str)) {
     sh(&["rdma", "link", "add", dev, "type", "rxe", "netdev", netdev]);
@@ -72,17 +61,6 @@ fn client() -> LayoutClient {
     }
 }
 
-fn exit_code_within(child: &mut Child, d: Duration) -> Option<i32> {
-    let start = Instant::now();
-    while start.elapsed() < d {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st.code();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
-
 #[test]
 #[ignore = "needs rxe0 (SoftRoCE) as root: cargo xtask test runs it in the qemu guests"]
 fn filemrd_exits_for_a_removed_device_so_its_removal_can_finish() {
@@ -112,7 +90,7 @@ fn filemrd_exits_for_a_removed_device_so_its_removal_can_finish() {
     layout.commit().unwrap();
 
     let mut delete = Command::new("rdma").args(["link", "delete", SRV.0]).spawn().unwrap();
-    let code = exit_code_within(&mut daemon, Duration::from_secs(20));
+    let code = exit_within(&mut daemon, Duration::from_secs(20)).and_then(|(st, _)| st.code());
     let log = std::fs::read_to_string(dir.join("first.log")).unwrap();
     assert_eq!(code, Some(75), "filemrd exits EX_TEMPFAIL for a removed device:\n{log}");
     assert!(log.contains("the RDMA device was removed"), "{log}");

@@ -3,7 +3,9 @@
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use filemr::verbs::{CompletionQueue, Context, ProtectionDomain};
 
@@ -113,5 +115,41 @@ impl BreakTime {
 impl Drop for BreakTime {
     fn drop(&mut self) {
         let _ = std::fs::write(BREAK_TIME, &self.0);
+    }
+}
+
+/// Runs `args` (a command and its arguments), failing the test unless it succeeds.
+pub fn sh(args: &[&str]) {
+    let st = Command::new(args[0]).args(&args[1..]).status().unwrap();
+    assert!(st.success(), "{args:?}: {st}");
+}
+
+/// Waits up to `d` for `child` to exit: its status and how long that took.
+pub fn exit_within(child: &mut Child, d: Duration) -> Option<(ExitStatus, Duration)> {
+    let start = Instant::now();
+    while start.elapsed() < d {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some((st, start.elapsed()));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+/// [`exit_within`] of a child that must succeed: how long it took, if it exited.
+pub fn succeeds_within(child: &mut Child, d: Duration) -> Option<Duration> {
+    exit_within(child, d).map(|(st, took)| {
+        assert!(st.success(), "{child:?}: {st}");
+        took
+    })
+}
+
+/// Saves a line for the report in the guest's output directory (best effort).
+pub fn note(line: &str) {
+    use std::io::Write;
+    if let Ok(mut f) =
+        std::fs::OpenOptions::new().create(true).append(true).open("/tmp/out/region-notes.txt")
+    {
+        let _ = writeln!(f, "{line}");
     }
 }
