@@ -1,5 +1,6 @@
-//! A server that forks while a peer writes: registrations are neither corrupted nor lost.
-//! Every write the peer saw succeed is in the file after the commit, on page cache
+//! A server that forks while a peer on the other end of the veth link writes:
+//! registrations are neither corrupted nor lost. Every write the peer saw succeed is in
+//! the file after the commit, on page cache
 //! (staging: anonymous memory, left out of children with `MADV_DONTFORK`) and FS-DAX (a
 //! `MAP_SHARED` file mapping, which children share and nothing copies). What libibverbs
 //! reports about fork safety is asserted as measured.
@@ -8,16 +9,19 @@
 mod guest;
 #[path = "region_support/mod.rs"]
 mod region_support;
+#[path = "../examples/embed/remote_peer.rs"]
+mod remote_peer;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use filemr::region::{Access, Strategy};
-use filemr::verbs::{ForkStatus, WcStatus, fork_status};
+use filemr::verbs::{CompletionQueue, ForkStatus, QueuePair, WcStatus, fork_status};
 use guest::GuestEnv;
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, fork};
 use region_support::*;
+use remote_peer::RemotePeer;
 
 const LEN: usize = 1 << 20;
 const SLOTS: usize = 4000;
@@ -50,6 +54,8 @@ fn fork_probe(addr: u64) -> bool {
 #[test]
 #[ignore = "needs rxe0 (SoftRoCE) as root: cargo xtask test runs it in the qemu guests"]
 fn forking_while_a_peer_writes_loses_no_acknowledged_write() {
+    // The server's manager on the link's server device; its peer on the other end.
+    CONFIGURE.get_or_init(|| |c| c.device = guest::var("FILEMR_SERVER_DEVICE"));
     let env = GuestEnv::get();
     let status = fork_status();
     note(&format!("fork: ibv_is_fork_initialized = {status:?}"));
@@ -59,14 +65,23 @@ fn forking_while_a_peer_writes_loses_no_acknowledged_write() {
         let region = register(&path, 0, LEN, Access::ReadWrite).unwrap();
         let strategy = region.strategy();
         let addr = region.info().addr;
-        let peer = Arc::new(Peer::new(64 * 1024));
-        let g = Arc::new(peer.grant(&region));
+        // The peer on the other end of the veth link, on a QP of the server's own.
+        let peer = Arc::new(RemotePeer::open(&env.peer.device, 64 * 1024).unwrap());
+        let pd = manager().protection_domain().clone();
+        let cq = CompletionQueue::new(pd.context(), 64).unwrap();
+        let qp = Arc::new(QueuePair::new_rc(&pd, &cq).unwrap());
+        let (gid_index, gid) = pd.context().pick_gid(1).unwrap();
+        qp.connect(1, gid_index, peer.qp.qp_num(), peer.gid).unwrap();
+        peer.connect(qp.qp_num(), gid).unwrap();
+        let g = region.grant(&qp).unwrap();
+        let key = g.info();
         let started = Arc::new(AtomicBool::new(false));
         let streamer = {
-            let (peer, g, started) = (peer.clone(), g.clone(), started.clone());
+            let (peer, started) = (peer.clone(), started.clone());
             std::thread::spawn(move || {
                 for i in 0..SLOTS {
-                    let st = peer.write_to(&g, (i * 8) as u64, &((i + 1) as u64).to_le_bytes());
+                    let st = peer.write(&key, (i * 8) as u64, &((i + 1) as u64).to_le_bytes());
+                    let st = st.unwrap();
                     assert_eq!(st, WcStatus::Success, "write {i}");
                     started.store(true, Ordering::Relaxed);
                 }
@@ -86,7 +101,7 @@ fn forking_while_a_peer_writes_loses_no_acknowledged_write() {
             "{fs} ({strategy:?}): region mapped in the children: {mapped_in_child:?}"
         );
         // Every slot through the key, then through the file after the commit.
-        let (st, got) = peer.read_from(&g, 0, SLOTS * 8);
+        let (st, got) = peer.read(&key, 0, SLOTS * 8).unwrap();
         assert_eq!(st, WcStatus::Success);
         region.commit(0..SLOTS * 8).unwrap();
         drop(g);
