@@ -1,6 +1,6 @@
 //! What filemr does when its device is removed (`docs/failure-modes.md`), on a device of
-//! this test's own (`rxe_lost` on veth `fmr-lost`): the manager notices within its
-//! `device_poll`, loses every region (peers' writes committed, grants fenced), refuses
+//! this test's own (`rxe_lost` on veth `fmr-lost`; its peer is `rxe_lostp` on the other
+//! end): the manager notices within its `device_poll`, loses every region (peers' writes committed, grants fenced), refuses
 //! new registrations; once the application drops it the deletion finishes; and a
 //! manager started while the device is missing waits for it (`device_wait`).
 
@@ -8,6 +8,8 @@
 mod guest;
 #[path = "region_support/mod.rs"]
 mod region_support;
+#[path = "../examples/embed/remote_peer.rs"]
+mod remote_peer;
 
 use std::process::Command;
 use std::sync::Arc;
@@ -15,16 +17,17 @@ use std::time::{Duration, Instant};
 
 use filemr::grant::GrantState;
 use filemr::region::{Access, LostReason, Manager, ManagerConfig, RegionError, RegionEventKind};
-use filemr::sys::Mapping;
-use filemr::verbs::{
-    Access as MrAccess, CompletionQueue, MemoryRegion, QueuePair, RemoteBuf, WcStatus,
-};
+use filemr::verbs::{CompletionQueue, QueuePair, WcStatus};
 use guest::{GuestEnv, pattern, sh, succeeds_within};
 use prometheus_client::registry::Registry;
 use region_support::{RT, make_file, note, wait_event};
+use remote_peer::RemotePeer;
 
 const DEV: &str = "rxe_lost";
 const NETDEV: &str = "fmr-lost";
+/// The peer's device, on the link's other end.
+const PEER_DEV: &str = "rxe_lostp";
+const PEER_NETDEV: &str = "fmr-lost-p";
 const LEN: usize = 1 << 20;
 
 fn add_device() {
@@ -42,10 +45,14 @@ fn config() -> ManagerConfig {
 fn a_removed_device_loses_its_regions_and_a_new_manager_waits_for_it() {
     let env = GuestEnv::get();
     let _ = Command::new("ip").args(["link", "del", NETDEV]).status();
-    sh(&["ip", "link", "add", NETDEV, "type", "veth", "peer", "name", "fmr-lost-p"]);
-    sh(&["ip", "link", "set", NETDEV, "up"]);
-    sh(&["ip", "link", "set", "fmr-lost-p", "up"]);
+    sh(&["ip", "link", "add", NETDEV, "type", "veth", "peer", "name", PEER_NETDEV]);
+    for (netdev, addr) in [(NETDEV, "10.79.0.1/24"), (PEER_NETDEV, "10.79.0.2/24")] {
+        sh(&["sysctl", "-qw", &format!("net.ipv4.conf.{netdev}.accept_local=1")]);
+        sh(&["ip", "addr", "add", addr, "dev", netdev]);
+        sh(&["ip", "link", "set", netdev, "up"]);
+    }
     add_device();
+    sh(&["rdma", "link", "add", PEER_DEV, "type", "rxe", "netdev", PEER_NETDEV]);
     let _enter = RT.enter();
     let mut registry = Registry::default();
     let mgr = Manager::new(config(), &mut registry).unwrap();
@@ -53,23 +60,17 @@ fn a_removed_device_loses_its_regions_and_a_new_manager_waits_for_it() {
     let region = mgr.register(&path, 0, LEN, Access::ReadWrite).unwrap();
     let mut events = region.events();
 
-    // A peer on the same device (loopback), writing through its grant.
+    // A peer on the other end of the link, writing through its grant.
     let pd = mgr.protection_domain().clone();
     let cq = CompletionQueue::new(pd.context(), 64).unwrap();
-    let (qa, qb) = QueuePair::loopback_pair(&pd, &cq, 1).unwrap();
-    let qb = Arc::new(qb);
-    let buf = Arc::new(Mapping::anonymous(8192).unwrap());
-    let mr = MemoryRegion::register(&pd, &buf, MrAccess::LOCAL_WRITE).unwrap();
-    let g = region.grant(&qb).unwrap();
+    let qp = Arc::new(QueuePair::new_rc(&pd, &cq).unwrap());
+    let peer = RemotePeer::open(PEER_DEV, 8192).unwrap();
+    let (gid_index, gid) = pd.context().pick_gid(1).unwrap();
+    qp.connect(1, gid_index, peer.qp.qp_num(), peer.gid).unwrap();
+    peer.connect(qp.qp_num(), gid).unwrap();
+    let g = region.grant(&qp).unwrap();
     let key = g.info();
-    let write = |off: u64, data: &[u8]| {
-        buf.write_at(0, data).unwrap();
-        let to = RemoteBuf { addr: key.addr + off, rkey: key.rkey };
-        match qa.post_write(1, &mr, 0, data.len(), to) {
-            Ok(()) => cq.wait_one(Duration::from_secs(10)).map(|wc| wc.status).ok(),
-            Err(_) => None,
-        }
-    };
+    let write = |off: u64, data: &[u8]| peer.write(&key, off, data).ok();
     let a = pattern(4096, 1);
     assert_eq!(write(0, &a), Some(WcStatus::Success));
 
@@ -97,7 +98,7 @@ fn a_removed_device_loses_its_regions_and_a_new_manager_waits_for_it() {
 
     // The application drops everything on the device: the deletion finishes.
     let t = Instant::now();
-    drop((g, region, qa, qb, mr, cq, pd));
+    drop((g, region, qp, cq, pd));
     drop(mgr);
     let done = succeeds_within(&mut delete, Duration::from_secs(10));
     note(&format!(
@@ -130,6 +131,8 @@ fn a_removed_device_loses_its_regions_and_a_new_manager_waits_for_it() {
         Err(e @ RegionError::Device { .. }) => assert_eq!(e.errno(), nix::errno::Errno::ENODEV),
         other => panic!("a device that never comes: {other:?}"),
     }
+    drop(peer);
     sh(&["rdma", "link", "delete", DEV]);
+    sh(&["rdma", "link", "delete", PEER_DEV]);
     sh(&["ip", "link", "del", NETDEV]);
 }
