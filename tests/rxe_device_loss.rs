@@ -1,8 +1,9 @@
 //! What filemr does when its device is removed (`docs/failure-modes.md`), on a device of
 //! this test's own (`rxe_lost` on veth `fmr-lost`; its peer is `rxe_lostp` on the other
-//! end): the manager notices within its `device_poll`, loses every region (peers' writes committed, grants fenced), refuses
-//! new registrations; once the application drops it the deletion finishes; and a
-//! manager started while the device is missing waits for it (`device_wait`).
+//! end): the manager notices within its `device_poll`, loses every region (peers'
+//! writes committed, grants fenced), refuses new registrations; once the application
+//! drops it the deletion finishes; and a manager started while the device is missing
+//! waits for it (`device_wait`).
 
 #[path = "guest/mod.rs"]
 mod guest;
