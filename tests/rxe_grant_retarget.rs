@@ -1,7 +1,8 @@
 //! Retarget mode with a peer that never answers the recall, in its own process (its own
 //! manager configuration, and it lowers the system-wide lease-break-time): the peer sees
-//! no error, what it writes after the retarget is not in the file, and after the rebuild
-//! the same key writes into the file again.
+//! no error, what it writes after the retarget is not in the file, not even after the
+//! rebuild (its key stays on scratch until it returns the grant), and once it returns
+//! (late) the same key reaches the rebuilt file again.
 
 #[path = "guest/mod.rs"]
 mod guest;
@@ -20,7 +21,7 @@ const LEN: usize = 1 << 20;
 
 #[test]
 #[ignore = "needs rxe0 (SoftRoCE) as root: cargo xtask test runs it in the qemu guests"]
-fn unreturned_grant_is_retargeted_to_scratch_and_rebound_after_the_rebuild() {
+fn unreturned_grant_stays_on_scratch_until_returned_then_reaches_the_rebuilt_file() {
     CONFIGURE.get_or_init(|| |c| c.revocation = RevocationMode::Retarget);
     let env = GuestEnv::get();
     let _bt = BreakTime::set(3);
@@ -29,8 +30,10 @@ fn unreturned_grant_is_retargeted_to_scratch_and_rebound_after_the_rebuild() {
         let region = register(&path, 0, LEN, Access::ReadWrite).unwrap();
         let mut events = region.events();
         let peer = Peer::new(LEN);
+        // `g` never answers its recall; `witness` does, and reads the rebuilt file.
         let g = peer.grant(&region);
-        let key = g.info().rkey;
+        let witness = peer.grant(&region);
+        let (gid, wid, key) = (g.id(), witness.id(), g.info().rkey);
         let a = pattern(4096, 1);
         assert_eq!(peer.write_to(&g, 0, &a), WcStatus::Success);
         region.commit(0..4096).unwrap();
@@ -38,7 +41,7 @@ fn unreturned_grant_is_retargeted_to_scratch_and_rebound_after_the_rebuild() {
         let b = pattern(LEN, 2);
         let (child, [src, seen, stamp]) = truncate_writer(&path, &b);
         wait_recall(&mut events, &g);
-        let gid = g.id();
+        witness.returned().unwrap();
         wait_event(&mut events, Duration::from_secs(10), "Retargeted", |e| {
             e.kind == RegionEventKind::Retargeted { grant: gid }
         });
@@ -58,54 +61,54 @@ fn unreturned_grant_is_retargeted_to_scratch_and_rebound_after_the_rebuild() {
             before[8192..8192 + 65536].iter().all(|b| *b == 0),
             "{fs}: a write made after the retarget reached the file"
         );
-        // Rebuilt: the same key reaches the file (now pattern B) again.
+        // Rebuilt: the returned grant is rebound; the unreturned one stays on scratch.
         wait_event(&mut events, WAIT, "Rebuilt", is_rebuilt);
         wait_event(
             &mut events,
             WAIT,
-            "Available",
-            |e| matches!(e.kind, RegionEventKind::Available { grant, .. } if grant == gid),
+            "Available (witness)",
+            |e| matches!(e.kind, RegionEventKind::Available { grant, .. } if grant == wid),
+        );
+        assert_eq!((g.state(), g.info().generation), (GrantState::Retargeted, 1), "{fs}");
+        let y = pattern(65536, 8);
+        assert_eq!(peer.write_to(&g, 8192, &y), WcStatus::Success, "{fs}: still on scratch");
+        let (st, got) = peer.read_from(&witness, 0, LEN);
+        assert_eq!(st, WcStatus::Success);
+        assert_bytes(
+            &got,
+            &b,
+            &[(&x, "the write after the retarget"), (&y, "the write after the rebuild")],
+            fs,
+        );
+        // The late return: the same key reaches the rebuilt file at once.
+        g.returned().unwrap();
+        wait_event(
+            &mut events,
+            WAIT,
+            "Available (late)",
+            |e| matches!(e.kind, RegionEventKind::Available { grant, generation: 2, .. } if grant == gid),
         );
         assert_eq!((g.state(), g.info().rkey, g.info().generation), (GrantState::Active, key, 2));
         let (st, got) = peer.read_from(&g, 0, LEN);
         assert_eq!(st, WcStatus::Success);
-        if got != b {
-            let first = got.iter().zip(&b).position(|(x, y)| x != y).unwrap();
-            let differ = got.iter().zip(&b).filter(|(x, y)| x != y).count();
-            let like = |want: &[u8]| got[first..first + 64] == want[first..first + 64];
-            let retargeted = first >= 8192
-                && first + 64 <= 8192 + 65536
-                && got[first..first + 64] == x[first - 8192..first - 8192 + 64];
-            // Transient or lasting? Read again, then look at the file itself.
-            std::thread::sleep(Duration::from_millis(200));
-            let (_, again) = peer.read_from(&g, 0, LEN);
-            let info = (region.info().generation, region.info().state, region.strategy());
-            drop(g);
-            drop(region);
-            let file = std::fs::read(&path).unwrap();
-            panic!(
-                "{fs}: the rebound key does not read the file's new bytes: {differ} bytes differ \
-                 from offset {first}; there it reads {:?}... (like the old content: {}, zeros: \
-                 {}, the retargeted write: {retargeted}); read again 200 ms later: {}; region \
-                 (generation, state, strategy) {info:?}; the file there now {:?}... (the \
-                 retargeted write: {})",
-                &got[first..first + 16],
-                like(&before),
-                got[first..first + 64].iter().all(|x| *x == 0),
-                if again == b { "right" } else { "still wrong" },
-                &file[first..first + 16],
-                first >= 8192 && file[first..first + 64] == x[first - 8192..first - 8192 + 64],
-            );
-        }
+        assert_bytes(&got, &b, &[], fs);
         let c = pattern(4096, 3);
         assert_eq!(peer.write_to(&g, 4096, &c), WcStatus::Success);
         region.commit(4096..8192).unwrap();
         // Reading the file opens it, which would break the lease again: unregister first.
-        drop(g);
+        drop((g, witness));
         drop(region);
         let now = std::fs::read(&path).unwrap();
         assert!(now[4096..8192] == c[..], "{fs}: the rebound key's write is not in the file");
-        note(&format!("{}: {fs}: retargeted peer saw no error; same key rebound", env.profile));
+        assert!(
+            now[8192..8192 + 65536] == b[8192..8192 + 65536],
+            "{fs}: scratch bytes in the file"
+        );
+        note(&format!(
+            "{}: {fs}: retargeted peer saw no error; its key stayed on scratch through the \
+             rebuild and reached the file after its late return",
+            env.profile
+        ));
         for p in [&path, &src, &seen, &stamp] {
             let _ = std::fs::remove_file(p);
         }
@@ -113,4 +116,23 @@ fn unreturned_grant_is_retargeted_to_scratch_and_rebound_after_the_rebuild() {
     let m = metrics_text();
     assert!(m.contains("filemr_grant_retargeted_total 2"), "{m}");
     assert!(m.contains("filemr_grant_scratch_total{backing=\"repeated\"} 2"), "{m}");
+    assert!(m.contains("filemr_grant_returned_total{when=\"late\"} 2"), "{m}");
+    assert!(m.contains("filemr_grant_rebound_total 4"), "{m}");
+}
+
+/// `got` must be `want`; if not, says where and whether it holds one of `suspects`
+/// (bytes written at 8192).
+fn assert_bytes(got: &[u8], want: &[u8], suspects: &[(&[u8], &str)], fs: &str) {
+    let Some(first) = got.iter().zip(want).position(|(x, y)| x != y) else { return };
+    let differ = got.iter().zip(want).filter(|(x, y)| x != y).count();
+    let hit = suspects.iter().find(|(s, _)| {
+        first >= 8192
+            && first + 64 <= 8192 + s.len()
+            && got[first..first + 64] == s[first - 8192..first - 8192 + 64]
+    });
+    panic!(
+        "{fs}: the rebuilt file reads wrong through a rebound key: {differ} bytes differ from \
+         offset {first}, which holds {}",
+        hit.map_or("unknown bytes", |(_, what)| what)
+    );
 }

@@ -8,7 +8,7 @@ use parking_lot::Mutex;
 
 use super::GrantState;
 use crate::region::{ManagerInner, RegionShared};
-use crate::region::{RegionError, RegionEventKind};
+use crate::region::{RegionError, RegionEventKind, RegionState};
 use crate::verbs::{Access as MrAccess, MemoryRegion, MemoryWindow, QueuePair, VerbsError};
 
 /// What a grant's window is bound to.
@@ -184,12 +184,15 @@ impl Grant {
     /// The peer returned the grant (after a recall, or on its own): it has finished its
     /// outstanding work on the region and the server has committed what it wrote. The
     /// window is invalidated at once; when the region is rebuilt it is rebound, with the
-    /// same key, and [`RegionEventKind::Available`] tells the peer. Blocking (one verb).
+    /// same key, and [`RegionEventKind::Available`] tells the peer. Blocking (one verb,
+    /// two for a late return on a rebuilt region).
     ///
-    /// Returning a grant that was already fenced changes nothing; returning a
-    /// retargeted one takes it off scratch.
+    /// Returning a grant that was already fenced changes nothing. Returning a retargeted
+    /// one (late) takes it off scratch: if the region was rebuilt meanwhile, the window is
+    /// rebound to it at once (`Available`); otherwise at the rebuild.
     pub fn returned(&self) -> Result<(), RegionError> {
         let g = &self.shared;
+        let mut slot = self.region.slot.lock();
         let mut c = g.cell.lock();
         let when = match (c.state, c.recalled_at.take()) {
             (GrantState::Active | GrantState::Recalled, Some(at)) => {
@@ -205,23 +208,52 @@ impl Grant {
                 return Ok(());
             }
         };
-        let result = g.unbind(&mut c);
+        let mut result = g.unbind(&mut c);
         if c.state != GrantState::Fenced {
             c.state = GrantState::Returned;
         }
+        // Why: a rebuild rebinds returned grants only, so a late return on a region that
+        // is already rebuilt is rebound here (nothing else would).
+        let mut available = None;
+        let rebuilt = slot.live.as_ref().filter(|_| slot.info.state == RegionState::Registered);
+        if let Some(built) = rebuilt.filter(|_| when == "late" && c.state == GrantState::Returned) {
+            (c.len, c.generation) = (slot.info.len, slot.info.generation);
+            match g.bind(&mut c, &built.mr, Binding::Region) {
+                Ok(()) => {
+                    c.state = GrantState::Active;
+                    self.mgr.grant_metrics.rebound.inc();
+                    available = Some((c.generation, c.len));
+                }
+                Err(e) => result = Err(e),
+            }
+        }
+        let fenced = c.state == GrantState::Fenced;
         drop(c);
+        self.region.drop_unused_scratch(&mut slot);
+        drop(slot);
         self.mgr.grant_metrics.returned.get_or_create(&vec![("when", when.to_string())]).inc();
         self.region.emit(&self.mgr, RegionEventKind::Returned { grant: g.id });
+        if let Some((generation, len)) = available {
+            self.region
+                .emit(&self.mgr, RegionEventKind::Available { grant: g.id, generation, len });
+        } else if fenced && when == "late" {
+            self.mgr.grant_metrics.fenced.inc();
+            self.region.emit(&self.mgr, RegionEventKind::Fenced { grant: g.id });
+        }
         result.map_err(|source| RegionError::Grant { id: g.region, qp: g.qp.qp_num(), source })
     }
 }
 
 impl Drop for Grant {
-    /// Frees the window (which unbinds it): no work request, no wait.
+    /// Frees the window (which unbinds it): no work request, no wait. The region's
+    /// scratch memory goes with the last grant bound to it.
     fn drop(&mut self) {
+        let mut slot = self.region.slot.lock();
         let mut c = self.shared.cell.lock();
         c.bound = Binding::None;
         c.state = GrantState::Released;
         c.mw = None;
+        drop(c);
+        self.region.drop_unused_scratch(&mut slot);
     }
 }

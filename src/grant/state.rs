@@ -2,10 +2,12 @@
 //!
 //! ```text
 //!   grant ──> Active ── lease break ──> Recalled ── peer returns ──> Returned ──┐
-//!               ^                          │                                    │
-//!               │                          └─ deadline ─> Fenced (dead)         │
-//!               │                          └─ deadline ─> Retargeted ───────────┤
-//!               └──────────────── region rebuilt: rebound, same key ────────────┘
+//!               ^                          │                          ^         │
+//!               │                          └─ deadline ─> Fenced      │ (late,  │
+//!               │                          └─ deadline ─> Retargeted ─┘ region  │
+//!               │                                                       revoked) │
+//!               ├──────── region rebuilt: rebound, same key ────────────────────┘
+//!               └──────── Retargeted returned late, region rebuilt: rebound at once
 //!   any state ── region lost ──> Lost;  handle dropped ──> Released
 //! ```
 
@@ -24,8 +26,10 @@ pub enum GrantState {
     /// a bind failed: its key fails for good; the peer needs a new grant.
     Fenced,
     /// The peer did not return in time and the window now points at scratch memory
-    /// (retarget mode): its I/O succeeds but no longer touches the file, until the
-    /// region is rebuilt and the same key reaches the file again.
+    /// (retarget mode): its I/O succeeds but no longer touches the file. It stays there,
+    /// rebuilds or not, until the peer returns the grant (late): a peer that missed the
+    /// recall may still be writing bytes meant for the old file, so only its return says
+    /// the key may reach the file again (rebound, same key, once the region is rebuilt).
     Retargeted,
     /// The region is gone for good; the key fails.
     Lost,

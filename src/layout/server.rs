@@ -573,6 +573,15 @@ impl Server {
         ranges: &[(u64, u64)],
     ) -> Result<(), (Errno, String)> {
         let h = self.held(key, layout)?;
+        if h.grant.state() == GrantState::Retargeted {
+            return Err((
+                Errno::ESTALE,
+                format!(
+                    "layout {layout} was retargeted at its recall deadline: what was written \
+                     since went to scratch memory; return it (AVAILABLE follows)"
+                ),
+            ));
+        }
         for &(off, len) in ranges {
             let start =
                 usize::try_from(off).map_err(|_| (Errno::EINVAL, format!("offset {off}")))?;

@@ -16,8 +16,9 @@
 //! 7. **release** the lease, and report `Revoked` (a failed commit loses the region).
 //!
 //! Lease back ([`rebuild_file`]): 8. **rebuild** each revoked region at its old addresses
-//! (`Rebuilt`) and **rebind** returned and retargeted grants with their old keys
-//! (`Available`). Lease gone ([`lose_file`]): every region is `Lost`.
+//! (`Rebuilt`) and **rebind** returned grants with their old keys (`Available`);
+//! retargeted grants stay on scratch until their peers return them (late), and are rebound
+//! then ([`Grant::returned`](crate::grant::Grant::returned)). Lease gone ([`lose_file`]): every region is `Lost`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -199,7 +200,7 @@ fn retarget_remaining(mgr: &ManagerInner, r: &RegionShared, slot: &mut Slot) {
 /// Step 8: re-stat the file through the lease's fd, re-map and re-register every revoked
 /// region of `file` at its old addresses with its strategy (re-probing once if that
 /// fails), emit `Rebuilt` (shorter length if the file shrank), then rebind its returned
-/// and retargeted grants with their old keys (`Available`); or lose the region.
+/// grants with their old keys (`Available`); or lose the region.
 pub(crate) fn rebuild_file(mgr: &Arc<ManagerInner>, file: FileId) {
     let lock = mgr.file_lock(file);
     let _serial = lock.blocking_lock();
@@ -314,13 +315,16 @@ fn rebuild_one(mgr: &ManagerInner, r: &RegionShared, slot: &mut Slot) -> Result<
     Ok(true)
 }
 
-/// Rebinds returned and retargeted grants to the rebuilt region, then drops scratch.
+/// Rebinds returned grants to the rebuilt region. Retargeted ones stay on scratch until
+/// their peers return them (see [`GrantState::Retargeted`]): a peer that missed the
+/// recall may still be writing bytes meant for the file as it was, and rebinding its key
+/// now would let them land in the file as it is.
 fn rebind_grants(mgr: &ManagerInner, r: &RegionShared, slot: &mut Slot) {
     let Some(built) = slot.live.as_ref() else { return };
     let (len, generation) = (slot.info.len, slot.info.generation);
     for g in r.grants() {
         let mut c = g.cell.lock();
-        if !matches!(c.state, GrantState::Returned | GrantState::Retargeted) {
+        if c.state != GrantState::Returned {
             continue;
         }
         c.len = len;
@@ -340,7 +344,7 @@ fn rebind_grants(mgr: &ManagerInner, r: &RegionShared, slot: &mut Slot) {
             }
         }
     }
-    slot.scratch = None;
+    r.drop_unused_scratch(slot);
 }
 
 /// The region is gone for good: its grants fail from now on.

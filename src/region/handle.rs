@@ -53,7 +53,7 @@ pub struct RegionInfo {
 
 pub(crate) struct Slot {
     pub(crate) live: Option<Built>,
-    /// Where retargeted grants point until the rebuild (retarget mode).
+    /// Where retargeted grants point until their peers return them (retarget mode).
     pub(crate) scratch: Option<MemoryRegion>,
     pub(crate) info: RegionInfo,
     /// The handle was dropped: a background task still holding the region must not
@@ -106,6 +106,16 @@ impl RegionShared {
         let mut list = self.grants.lock();
         list.retain(|w| w.strong_count() > 0);
         list.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Drops the scratch memory region once no grant is retargeted to it any more (its
+    /// grants were returned, dropped, fenced or lost).
+    pub(crate) fn drop_unused_scratch(&self, slot: &mut Slot) {
+        if slot.scratch.is_some()
+            && self.grants().iter().all(|g| g.cell.lock().bound != Binding::Scratch)
+        {
+            slot.scratch = None;
+        }
     }
 
     /// Fences every grant that still reaches the region's memory region (so it can be

@@ -123,8 +123,9 @@ impl PeerProc {
 /// - `silent`: manual recalls, never answered; writes and commits pattern A at 0, gets
 ///   ready, waits for the recall; in fence mode waits for LOST and reports the status of
 ///   a write after it (`after_lost`); in retarget mode writes pattern B at 8192 after the
-///   deadline (`after_deadline`), waits for AVAILABLE, writes and commits pattern C at
-///   16384 (`after_available`), reports whether the key stayed the same (`same_key`).
+///   deadline (`after_deadline`), tries to commit it (`commit_after_deadline`), returns
+///   the layout late (`late_return`), waits for AVAILABLE, writes and commits pattern C
+///   at 16384 (`after_available`), reports whether the key stayed the same (`same_key`).
 /// - `refusals`: layouts the server must refuse; reports each errno.
 /// - `malformed`: a second connection sends malformed frames; reports the answers, then
 ///   checks the first connection still works.
@@ -304,6 +305,13 @@ fn silent(client: &LayoutClient, report: &mut impl FnMut(&str, String), ready: i
     } else {
         std::thread::sleep(deadline + Duration::from_millis(300));
         report("after_deadline", status(layout.write(8192, &crate::guest::pattern(4096, 2))));
+        let errno = |r: Result<Vec<(u64, u64)>, LayoutError>| match r {
+            Ok(c) => format!("ok {c:?}"),
+            Err(e) => format!("{:?}", e.errno()),
+        };
+        report("commit_after_deadline", errno(layout.commit()));
+        // The late return: only now may the key reach the (rebuilt) file again.
+        report("late_return", errno(layout.return_for_recall()));
         wait_for(client, "AVAILABLE", |e| matches!(e, LayoutEvent::Available { .. }));
         let c = crate::guest::pattern(4096, 3);
         let after = layout.write(16384, &c).and_then(|()| layout.commit().map(|_| ()));
@@ -524,6 +532,12 @@ pub fn silent_peer(mode: &str) {
             assert_eq!(r["after_lost"], "remote_access", "{}: a fenced key fails", ex.name);
         } else {
             assert_eq!(r["after_deadline"], "ok", "{}: a retargeted key sees no error", ex.name);
+            assert_eq!(
+                r["commit_after_deadline"], "ESTALE",
+                "{}: scratch is not committed",
+                ex.name
+            );
+            assert_eq!(r["late_return"], "ok []", "{}: nothing left to commit", ex.name);
             assert_eq!(r["after_available"], "ok", "{}: the key works after the rebuild", ex.name);
             assert_eq!(r["same_key"], "true", "{}: same key after the rebuild", ex.name);
         }

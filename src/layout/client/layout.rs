@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+
 use super::super::link::DATA;
 use super::super::wire::{LayoutDesc, LostCode, MAX_RANGES, Message};
 use super::{Inner, LayoutError, PendingReturn, Phase, RecallPolicy};
@@ -252,6 +254,11 @@ impl Layout {
 
     /// Commits what was written through this layout and not committed yet: durable in
     /// the file when this returns. Returns the ranges committed (offset, length).
+    ///
+    /// `Refused { errno: ESTALE }`: the layout was retargeted at its recall deadline (the
+    /// peer did not return it in time), so what was written since went to scratch memory;
+    /// those ranges are dropped. Return the layout ([`Layout::return_for_recall`]) and wait
+    /// for `Available`.
     pub fn commit(&self) -> Result<Vec<(u64, u64)>, LayoutError> {
         commit(&self.inner, self.id)
     }
@@ -298,6 +305,12 @@ fn commit(inner: &Inner, id: u64) -> Result<Vec<(u64, u64)>, LayoutError> {
     for chunk in dirty.chunks(MAX_RANGES) {
         let sent = inner.call(Message::CommitRequest { layout: id, ranges: chunk.to_vec() });
         if let Err(e) = sent {
+            // Why: ESTALE means the layout was retargeted at its recall deadline, so what
+            // was written since went to scratch memory: committing it again cannot help.
+            if matches!(e, LayoutError::Refused { errno: Errno::ESTALE, .. }) {
+                tracing::warn!(layout = id, ranges = dirty.len(), "retargeted: writes discarded");
+                return Err(e);
+            }
             if let Some(h) = inner.state.lock().layouts.get_mut(&id) {
                 for &(o, l) in &dirty {
                     add_range(&mut h.dirty, o, l);
