@@ -146,6 +146,18 @@ impl Config {
     pub fn check(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid =
             |key: String, why: String| ConfigError::Invalid { path: path.to_path_buf(), key, why };
+        if self.device.trim().is_empty() {
+            return Err(invalid("device".into(), "empty: name an RDMA device (rxe0)".into()));
+        }
+        if self.port == 0 {
+            return Err(invalid("port".into(), "RDMA ports are numbered from 1".into()));
+        }
+        if self.listen.port() == 0 {
+            return Err(invalid(
+                "listen".into(),
+                format!("{}: port 0 would pick a random port peers cannot know", self.listen),
+            ));
+        }
         if self.exports.is_empty() {
             return Err(invalid("export".into(), "no [[export]] table".into()));
         }
@@ -155,6 +167,15 @@ impl Config {
                 return Err(invalid(
                     format!("export[{i}].name"),
                     format!("{:?} is exported twice", e.name),
+                ));
+            }
+            if !e.path.is_absolute() {
+                return Err(invalid(
+                    format!("export[{i}].path"),
+                    format!(
+                        "{} is relative: it would depend on the daemon's working directory",
+                        e.path.display()
+                    ),
                 ));
             }
             match std::fs::metadata(&e.path) {
@@ -259,6 +280,68 @@ path = "/tmp"
         assert!(e.contains("device"), "{e}");
     }
 
+    /// Every key with values of the wrong type, out of range or empty: each error names
+    /// its key (and the line when parsing).
+    #[test]
+    fn hostile_values_name_their_key() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("device = \"rxe0\"", "device = 7", "device"),
+            ("device = \"rxe0\"", "device = \"\"", "device"),
+            ("device = \"rxe0\"", "device = \"  \"", "device"),
+            ("listen = \"10.0.0.1:20049\"", "listen = \"10.0.0.1\"", "listen"),
+            ("listen = \"10.0.0.1:20049\"", "listen = \"10.0.0.1:70000\"", "listen"),
+            ("listen = \"10.0.0.1:20049\"", "listen = \"10.0.0.1:0\"", "listen"),
+            ("listen = \"10.0.0.1:20049\"", "listen = [1, 2]", "listen"),
+            ("name = \"data\"", "name = \"\"", "export[0].name"),
+            ("name = \"data\"", "name = \"..\"", "export[0].name"),
+            ("name = \"data\"", "name = 1", "name"),
+            ("path = \"/tmp\"", "path = \"\"", "export[0].path"),
+            ("path = \"/tmp\"", "path = \"/tmp/\\u0000x\"", "export[0].path"),
+            ("path = \"/tmp\"", "path = true", "path"),
+        ];
+        let extra: &[(&str, &str)] = &[
+            ("port = 0", "port"),
+            ("port = 256", "port"),
+            ("port = -1", "port"),
+            ("metrics = \"localhost\"", "metrics"),
+            ("revocation = \"\"", "revocation"),
+            ("recall_margin_ms = -5", "recall_margin_ms"),
+            ("recall_margin_ms = 45000", "recall_margin_ms"),
+            ("recall_margin_ms = 1e3", "recall_margin_ms"),
+            ("shutdown_grace_ms = \"5s\"", "shutdown_grace_ms"),
+            ("device_wait_ms = 18446744073709551616", "device_wait_ms"),
+        ];
+        let mut texts: Vec<(String, &str)> =
+            cases.iter().map(|(from, to, key)| (GOOD.replacen(from, to, 1), *key)).collect();
+        // Top-level keys go before the [[export]] table.
+        texts.extend(extra.iter().map(|(line, key)| (format!("{line}\n{GOOD}"), *key)));
+        for (text, key) in texts {
+            let e = match parse(&text) {
+                Err(e) => e.to_string(),
+                Ok(c) => c.check(Path::new("filemrd.toml")).unwrap_err().to_string(),
+            };
+            assert!(e.contains(key) && e.contains("filemrd.toml"), "{key}: {e}\n{text}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Arbitrary damage to a good file (a byte changed, the text cut anywhere) never
+        /// panics, and a refusal names the file and says where or which key.
+        #[test]
+        fn damaged_files_are_refused_clearly(at in 0usize..200, byte in proptest::prelude::any::<u8>(), cut in proptest::prelude::any::<bool>()) {
+            let mut bytes = GOOD.as_bytes().to_vec();
+            let at = at % bytes.len();
+            if cut { bytes.truncate(at) } else { bytes[at] = byte }
+            let Ok(text) = String::from_utf8(bytes) else { return Ok(()) };
+            let result = parse(&text).and_then(|c| c.check(Path::new("filemrd.toml")).map(|()| c));
+            if let Err(e) = result {
+                let e = e.to_string();
+                proptest::prop_assert!(e.starts_with("filemrd.toml: "), "{}", e);
+                proptest::prop_assert!(e.len() > "filemrd.toml: ".len() + 5, "{}", e);
+            }
+        }
+    }
+
     #[test]
     fn exports_are_checked_against_the_machine() {
         let check =
@@ -273,6 +356,8 @@ path = "/tmp"
         assert!(e.contains("export[0].name"), "{e}");
         let e = check("device = \"rxe0\"\nlisten = \"10.0.0.1:1\"\n");
         assert!(e.contains("export"), "{e}");
+        let e = check(&GOOD.replace("\"/tmp\"", "\"tmp\""));
+        assert!(e.contains("export[0].path") && e.contains("relative"), "{e}");
         // The host has no RDMA device at all.
         let e = check(&GOOD.replace("rxe0", "mlx5_99"));
         assert!(e.contains("device") && e.contains("mlx5_99"), "{e}");

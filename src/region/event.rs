@@ -152,9 +152,16 @@ pub struct RegionEvent {
 pub struct RegionEvents {
     pub(crate) rx: broadcast::Receiver<RegionEvent>,
     pub(crate) only: Option<u64>,
+    pub(crate) skipped: u64,
 }
 
 impl RegionEvents {
+    /// Events this subscriber missed because it fell more than the channel's capacity
+    /// (`ManagerConfig::event_capacity`) behind: 0 means it saw every event.
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+
     /// The next event if one is buffered, without waiting: `Ok(None)` when none is;
     /// `Err(())` once the manager is gone. For callers outside the async runtime.
     #[allow(clippy::result_unit_err)]
@@ -164,6 +171,7 @@ impl RegionEvents {
                 Ok(ev) if self.only.is_none_or(|id| id == ev.region) => return Ok(Some(ev)),
                 Ok(_) => {}
                 Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    self.skipped += n;
                     tracing::warn!(lost = n, "region event subscriber lagged");
                 }
                 Err(broadcast::error::TryRecvError::Empty) => return Ok(None),
@@ -180,6 +188,7 @@ impl RegionEvents {
                 Ok(ev) if self.only.is_none_or(|id| id == ev.region) => return Some(ev),
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(n)) => {
+                    self.skipped += n;
                     tracing::warn!(lost = n, "region event subscriber lagged");
                 }
                 Err(broadcast::error::RecvError::Closed) => return None,

@@ -107,10 +107,11 @@ fn finish_revocation(
     timed_out: bool,
 ) {
     let mut commit_errors = Vec::with_capacity(owned.len());
+    let mode = *mgr.revocation.lock();
     for r in owned {
         let mut slot = r.slot.lock();
         // 4. Fence or retarget what the peers did not return.
-        if mgr.cfg.revocation == RevocationMode::Retarget {
+        if mode == RevocationMode::Retarget {
             retarget_remaining(mgr, r, &mut slot);
         }
         r.fence_remaining(mgr);

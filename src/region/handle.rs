@@ -145,6 +145,7 @@ impl RegionShared {
         let mut failed = None;
         if how != TearDown::Discard && self.access.is_writable() {
             let len = slot.info.len;
+            let _serial = mgr.writeback_lock(self.lease.file_id());
             if let Err(e) = strategy::commit(&built, self.lease.fd(), self.offset, 0, len) {
                 tracing::error!(region = self.id, error = ?e, "commit before release failed");
                 mgr.metrics.commit_failures.inc();
@@ -152,7 +153,7 @@ impl RegionShared {
             }
         }
         mgr.metrics.bytes(built.strategy.label(), -(slot.info.len as i64));
-        let Built { mr, mapping, strategy } = built;
+        let Built { mr, mapping, strategy, .. } = built;
         drop(mr);
         // An ODP region is rebuilt at its old addresses (rxe needs IOVA == VA): hold them
         // with a placeholder so no other mapping lands there meanwhile.
@@ -260,7 +261,7 @@ impl Region {
 
     /// This region's events.
     pub fn events(&self) -> RegionEvents {
-        RegionEvents { rx: self.mgr.events.subscribe(), only: Some(self.shared.id) }
+        RegionEvents { rx: self.mgr.events.subscribe(), only: Some(self.shared.id), skipped: 0 }
     }
 
     /// Grants the peer behind `qp` access to the region: binds a type-2 memory window over
@@ -344,6 +345,7 @@ impl Region {
         if !s.access.is_writable() || range.is_empty() {
             return Ok(());
         }
+        let _serial = self.mgr.writeback_lock(s.lease.file_id());
         strategy::commit(built, s.lease.fd(), s.offset, range.start, range.end)
             .map_err(|e| build_error(e, &s.path, s.offset, len))
     }

@@ -14,7 +14,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use super::budget::MemlockBudget;
-use super::config::{Access, ManagerConfig};
+use super::config::{Access, ManagerConfig, RevocationMode};
 use super::event::{LostReason, RegionEvent, RegionEvents};
 use super::guard::GuardWord;
 use super::handle::{Region, RegionInfo, RegionShared, Slot, TearDown, build_error};
@@ -48,6 +48,12 @@ pub(crate) struct ManagerInner {
     budget: Arc<MemlockBudget>,
     /// The device was removed: every region is lost, registrations are refused.
     device_lost: AtomicBool,
+    /// Serialises staging write-backs of one file (striped by file): a write-back merges
+    /// over the file's current bytes, so two regions of a file must not interleave.
+    writebacks: [Mutex<()>; 16],
+    /// What revocations do to unreturned grants (from `ManagerConfig::revocation`,
+    /// changed by [`Manager::set_revocation`]).
+    pub(crate) revocation: Mutex<RevocationMode>,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -131,6 +137,7 @@ impl Manager {
         });
         let (events, _) = broadcast::channel(cfg.event_capacity.max(16));
         let budget = MemlockBudget::new(cfg.memlock_budget);
+        let revocation = Mutex::new(cfg.revocation);
         let inner = Arc::new(ManagerInner {
             cfg,
             engine,
@@ -146,6 +153,8 @@ impl Manager {
             next_id: AtomicU64::new(1),
             budget,
             device_lost: AtomicBool::new(false),
+            revocation,
+            writebacks: Default::default(),
             task: Mutex::new(None),
         });
         let task = rt.spawn(events_task::run(Arc::downgrade(&inner), lease_events));
@@ -158,7 +167,7 @@ impl Manager {
 
     /// All regions' events.
     pub fn events(&self) -> RegionEvents {
-        RegionEvents { rx: self.inner.events.subscribe(), only: None }
+        RegionEvents { rx: self.inner.events.subscribe(), only: None, skipped: 0 }
     }
 
     /// The protection domain regions are registered in: create the queue pairs that
@@ -171,6 +180,18 @@ impl Manager {
     /// removal can finish).
     pub fn device_lost(&self) -> bool {
         self.inner.device_lost.load(Ordering::Acquire)
+    }
+
+    /// Changes what the next revocations do to grants not returned by the deadline
+    /// (fence or retarget); one under way keeps the mode it started its step 4 with.
+    /// Grants already fenced or retargeted stay so.
+    pub fn set_revocation(&self, mode: RevocationMode) {
+        *self.inner.revocation.lock() = mode;
+    }
+
+    /// What revocations do to unreturned grants now.
+    pub fn revocation(&self) -> RevocationMode {
+        *self.inner.revocation.lock()
     }
 
     /// Bytes of locked memory (pinned and staging regions) reserved by the live regions,
@@ -435,6 +456,14 @@ impl ManagerInner {
     }
 
     /// The lock serialising revocation tails and rebuilds of `file`.
+    /// The write-back lock of `file`'s stripe (see `writebacks`).
+    pub(crate) fn writeback_lock(&self, file: FileId) -> parking_lot::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        file.hash(&mut h);
+        self.writebacks[h.finish() as usize % self.writebacks.len()].lock()
+    }
+
     pub(crate) fn file_lock(&self, file: FileId) -> Arc<tokio::sync::Mutex<()>> {
         self.file_ops.lock().entry(file).or_default().clone()
     }

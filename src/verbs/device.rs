@@ -137,6 +137,9 @@ pub struct DeviceCaps {
     pub mw_type2: bool,
     /// Maximum outstanding work requests per queue pair.
     pub max_qp_wr: u32,
+    /// Maximum RDMA READs (and atomics) a queue pair may have outstanding, as initiator
+    /// or as target.
+    pub max_qp_rd_atom: u32,
 }
 
 /// Port state and addressing, from `ibv_query_port`.
@@ -281,6 +284,7 @@ impl Context {
                 & (D::IBV_DEVICE_MEM_WINDOW_TYPE_2A.0 | D::IBV_DEVICE_MEM_WINDOW_TYPE_2B.0)
                 != 0,
             max_qp_wr: o.max_qp_wr.max(0) as u32,
+            max_qp_rd_atom: o.max_qp_rd_atom.max(0) as u32,
         })
     }
 

@@ -332,6 +332,9 @@ impl QueuePair {
     ) -> VerbsResult<()> {
         use ffi::ibv_qp_attr_mask as M;
         use ffi::ibv_qp_state as S;
+        // Outstanding RDMA READs, each way: one at a time serialises a peer's reads of a
+        // region (the data-path bench measured READ bandwidth at that limit).
+        let rd_atomic = self.pd.context().caps().map_or(1, |c| c.max_qp_rd_atom.clamp(1, 16)) as u8;
         // SAFETY: plain old data; zero is valid.
         let mut a: ffi::ibv_qp_attr = unsafe { std::mem::zeroed() };
         a.qp_state = S::IBV_QPS_INIT;
@@ -354,7 +357,7 @@ impl QueuePair {
         a.path_mtu = self.pd.context().port(port)?.active_mtu;
         a.dest_qp_num = remote_qpn;
         a.rq_psn = 0;
-        a.max_dest_rd_atomic = 1;
+        a.max_dest_rd_atomic = rd_atomic;
         a.min_rnr_timer = 12;
         a.ah_attr.is_global = 1;
         a.ah_attr.port_num = port;
@@ -380,7 +383,7 @@ impl QueuePair {
         a.retry_cnt = 7;
         a.rnr_retry = 7;
         a.sq_psn = 0;
-        a.max_rd_atomic = 1;
+        a.max_rd_atomic = rd_atomic;
         self.modify(
             &mut a,
             M::IBV_QP_STATE

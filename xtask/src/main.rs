@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 use summary::Tally;
 
-const USAGE: &str = "usage: cargo xtask <test|demo|bench|header|install-c> [--kernel bookworm|trixie-bpo]... [--guests-only]\n\
+const USAGE: &str = "usage: cargo xtask <test|demo|bench|soak|header|install-c> [--kernel bookworm|trixie-bpo]... [--guests-only]\n\
   test   fmt + clippy + host tests, then integration tests in SoftRoCE guests\n\
   demo   boot the guests; filemrd, peers and two lease breaks, with the timeline\n\
          (--matrix: the device capabilities and the registration matrix instead)\n\
@@ -24,7 +24,9 @@ const USAGE: &str = "usage: cargo xtask <test|demo|bench|header|install-c> [--ke
   install-c --prefix DIR  build the C library (release) and install it, filemr.h and filemr.pc\n\
   --kernel ID    only this guest kernel (repeatable)\n\
   --guests-only  test: skip fmt, clippy and host tests (for iterating on guest tests)\n\
-  --only PREFIX  test: only the guest test binaries whose name starts with PREFIX (repeatable)";
+  --only PREFIX  test: only the guest test binaries whose name starts with PREFIX (repeatable)\n\
+  soak [--secs N] [--seed S]: the soak test alone in each guest, N seconds (default 240),
+                 seeded S (default: from the clock; printed either way)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -35,10 +37,21 @@ fn main() -> ExitCode {
     let guests_only = args.iter().any(|a| a == "--guests-only");
     let matrix = args.iter().any(|a| a == "--matrix");
     let mut only = Vec::new();
+    let (mut soak_secs, mut soak_seed): (u64, Option<String>) = (240, None);
     let mut rest: Vec<String> = Vec::new();
     let mut it = args[1..].iter().filter(|a| *a != "--guests-only" && *a != "--matrix");
     while let Some(a) = it.next() {
-        if a == "--only" {
+        if a == "--secs" || a == "--seed" {
+            let Some(v) = it.next().filter(|v| v.parse::<u64>().is_ok()) else {
+                eprintln!("xtask: {a} needs a number\n{USAGE}");
+                return ExitCode::from(2);
+            };
+            if a == "--secs" {
+                soak_secs = v.parse().unwrap_or(soak_secs);
+            } else {
+                soak_seed = Some(v.clone());
+            }
+        } else if a == "--only" {
             match it.next() {
                 Some(p) => only.push(p.clone()),
                 None => {
@@ -78,6 +91,7 @@ fn main() -> ExitCode {
         "test" => test(&kernels, guests_only, &only),
         "demo" => demo(&kernels, matrix),
         "bench" => bench(&kernels, guests_only),
+        "soak" => soak(&kernels, soak_secs, soak_seed.as_deref()),
         "header" => capi::write_header().map(|()| true),
         "install-c" => unreachable!("handled before the kernel selection"),
         _ => {
@@ -159,6 +173,37 @@ fn demo(kernels: &[&'static guest::kernels::KernelSpec], matrix: bool) -> Result
     let mut ok = true;
     for k in kernels {
         ok &= guest::run_programs(k, std::slice::from_ref(&job))?;
+    }
+    Ok(ok)
+}
+
+/// The soak test alone, long: `secs` seconds per guest, seeded `seed` (or from the clock).
+/// Its report (seed, operations, events) is printed with its output.
+fn soak(
+    kernels: &[&'static guest::kernels::KernelSpec],
+    secs: u64,
+    seed: Option<&str>,
+) -> Result<bool> {
+    packages::ensure()?;
+    util::step("building the soak test for the guests");
+    let bins = cargo::integration_test_binaries()?;
+    let (_, bin) = bins
+        .iter()
+        .find(|(n, _)| n == "rxe_soak")
+        .ok_or_else(|| "the rxe_soak test binary was not built".to_string())?;
+    let bin = bin.display().to_string();
+    let secs_var = format!("FILEMR_SOAK_SECS={secs}");
+    let seed_var = seed.map(|s| format!("FILEMR_SOAK_SEED={s}"));
+    let mut args: Vec<&str> = vec![&secs_var];
+    if let Some(s) = &seed_var {
+        args.push(s);
+    }
+    args.extend([bin.as_str(), "--ignored", "--nocapture", "--test-threads=1"]);
+    let job =
+        guest::Job { name: "rxe_soak", bin: std::path::Path::new("/usr/bin/env"), args: &args };
+    let mut ok = true;
+    for k in kernels {
+        ok &= guest::run_programs_for(k, std::slice::from_ref(&job), secs)?;
     }
     Ok(ok)
 }

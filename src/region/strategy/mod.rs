@@ -86,6 +86,8 @@ pub(crate) struct Built {
     pub(crate) mr: MemoryRegion,
     pub(crate) mapping: Arc<Mapping>,
     pub(crate) strategy: Strategy,
+    /// Staging only: what the copy held when it last met the file.
+    pub(crate) shadow: Option<staging::Shadow>,
 }
 
 /// Why building failed.
@@ -123,12 +125,19 @@ pub(crate) fn rebuild(
     iova: Option<u64>,
     reserved: Option<AddressReservation>,
 ) -> Result<Built, BuildError> {
-    let (mr, mapping) = match strategy {
-        Strategy::Odp => in_place::build(pd, fd, offset, len, access, true, iova, reserved)?,
-        Strategy::Pinned => in_place::build(pd, fd, offset, len, access, false, iova, None)?,
-        Strategy::Staging => staging::build(pd, fd, offset, len, access, iova)?,
+    let ((mr, mapping), shadow) = match strategy {
+        Strategy::Odp => {
+            (in_place::build(pd, fd, offset, len, access, true, iova, reserved)?, None)
+        }
+        Strategy::Pinned => {
+            (in_place::build(pd, fd, offset, len, access, false, iova, None)?, None)
+        }
+        Strategy::Staging => {
+            let (mr, map, shadow) = staging::build(pd, fd, offset, len, access, iova)?;
+            ((mr, map), Some(shadow))
+        }
     };
-    Ok(Built { mr, mapping, strategy })
+    Ok(Built { mr, mapping, strategy, shadow })
 }
 
 /// Registers `map` at `iova`, or at its own address.
@@ -154,9 +163,11 @@ pub(crate) fn commit(
     start: usize,
     end: usize,
 ) -> Result<(), BuildError> {
-    match built.strategy {
-        Strategy::Staging => staging::write_back(&built.mapping, fd, offset, start, end),
-        Strategy::Odp | Strategy::Pinned => {
+    match (built.strategy, &built.shadow) {
+        (Strategy::Staging, Some(shadow)) => {
+            staging::write_back(&built.mapping, shadow, fd, offset, start, end)
+        }
+        _ => {
             built.mapping.sync_range(start, end).map_err(BuildError::Map)?;
             fdatasync(fd)
         }

@@ -49,8 +49,9 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-/// Boot `spec`, run `jobs` one after the other inside it, collect their output.
-fn session(spec: &KernelSpec, what: &str, jobs: &[Job]) -> Result<Session> {
+/// Boot `spec`, run `jobs` one after the other inside it, collect their output; the guest
+/// is killed after the harness's timeout plus `extra_secs`.
+fn session(spec: &KernelSpec, what: &str, jobs: &[Job], extra_secs: u64) -> Result<Session> {
     let work = work_dir(spec);
     let kernel = kernels::prepare(spec, &work)?;
     let out = work.join("out");
@@ -69,7 +70,7 @@ fn session(spec: &KernelSpec, what: &str, jobs: &[Job]) -> Result<Session> {
         ));
     }
     util::step(&format!("softroce {}: booting qemu, running {what}", kernel.release));
-    let console = qemu::boot(spec, &kernel, &work, &out, &script)?;
+    let console = qemu::boot(spec, &kernel, &work, &out, &script, extra_secs)?;
     let read = |f: String| std::fs::read_to_string(out.join(f)).unwrap_or_default();
     let results = jobs
         .iter()
@@ -100,7 +101,7 @@ impl Session {
 pub fn run_tests(spec: &KernelSpec, bins: &[(String, PathBuf)]) -> Result<GuestRun> {
     let args: &[&str] = &["--ignored", "--test-threads=2", "--skip", "reexec_entry"];
     let jobs: Vec<Job> = bins.iter().map(|(n, b)| Job { name: n, bin: b, args }).collect();
-    let s = session(spec, &format!("{} test binaries", jobs.len()), &jobs)?;
+    let s = session(spec, &format!("{} test binaries", jobs.len()), &jobs, 0)?;
     let mut tally = Tally::default();
     for r in &s.results {
         let t = Tally::parse(&r.log);
@@ -121,7 +122,12 @@ pub fn run_tests(spec: &KernelSpec, bins: &[(String, PathBuf)]) -> Result<GuestR
 
 /// Boot `spec` and run `jobs` (the demo, benchmarks), printing their output.
 pub fn run_programs(spec: &KernelSpec, jobs: &[Job]) -> Result<bool> {
-    let s = session(spec, &format!("{} program(s)", jobs.len()), jobs)?;
+    run_programs_for(spec, jobs, 0)
+}
+
+/// [`run_programs`] for jobs that need `extra_secs` more than the harness's timeout.
+pub fn run_programs_for(spec: &KernelSpec, jobs: &[Job], extra_secs: u64) -> Result<bool> {
+    let s = session(spec, &format!("{} program(s)", jobs.len()), jobs, extra_secs)?;
     println!("\n### kernel {} ({})", s.release, spec.describe);
     let mut ok = s.finished;
     for r in &s.results {

@@ -21,7 +21,9 @@ pub fn boot(
     work: &Path,
     out: &Path,
     script: &str,
+    extra_secs: u64,
 ) -> Result<String> {
+    let timeout = GUEST_TIMEOUT + Duration::from_secs(extra_secs);
     let initrd = initramfs::build(k, work)?;
     let env = format!(
         "export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp RUST_BACKTRACE=1\n\
@@ -86,10 +88,10 @@ pub fn boot(
             println!("    guest exited after {:.0?} ({status})", start.elapsed());
             break;
         }
-        if start.elapsed() > GUEST_TIMEOUT {
+        if start.elapsed() > timeout {
             let _ = child.kill();
             let _ = child.wait();
-            println!("    guest killed after {GUEST_TIMEOUT:?}");
+            println!("    guest killed after {timeout:?}");
             break;
         }
         if last_progress.elapsed() > Duration::from_secs(30) {
