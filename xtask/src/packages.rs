@@ -34,6 +34,9 @@ pub const PACKAGES: &[&str] = &[
     "libc6-dev",
     "libasan8",
     "libubsan1",
+    // ib_write_bw, ib_read_bw, ib_write_lat: the device's own limit, measured in the same
+    // guest run as filemr's data path (benches/data_path.rs).
+    "perftest",
     // /bin/kill, the ExecReload= of deploy/systemd/filemrd.service, which
     // `systemd-analyze verify` requires to exist (minimal images lack it).
     "procps",
