@@ -455,7 +455,6 @@ impl ManagerInner {
         list.iter().filter_map(Weak::upgrade).collect()
     }
 
-    /// The lock serialising revocation tails and rebuilds of `file`.
     /// The write-back lock of `file`'s stripe (see `writebacks`).
     pub(crate) fn writeback_lock(&self, file: FileId) -> parking_lot::MutexGuard<'_, ()> {
         use std::hash::{Hash, Hasher};
@@ -464,6 +463,7 @@ impl ManagerInner {
         self.writebacks[h.finish() as usize % self.writebacks.len()].lock()
     }
 
+    /// The lock serialising revocation tails and rebuilds of `file`.
     pub(crate) fn file_lock(&self, file: FileId) -> Arc<tokio::sync::Mutex<()>> {
         self.file_ops.lock().entry(file).or_default().clone()
     }

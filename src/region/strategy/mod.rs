@@ -155,17 +155,18 @@ fn register(
 }
 
 /// Make bytes `start..end` of a built region durable in the file (in place: msync of
-/// just those pages).
+/// just those pages; staging: see `staging::write_back`, `exclusive` when no other
+/// staging region of the file overlaps it).
 pub(crate) fn commit(
     built: &Built,
     fd: BorrowedFd<'_>,
     offset: u64,
-    start: usize,
-    end: usize,
+    (start, end): (usize, usize),
+    exclusive: bool,
 ) -> Result<(), BuildError> {
     match (built.strategy, &built.shadow) {
         (Strategy::Staging, Some(shadow)) => {
-            staging::write_back(&built.mapping, shadow, fd, offset, start, end)
+            staging::write_back(&built.mapping, shadow, fd, offset, start, end, exclusive)
         }
         _ => {
             built.mapping.sync_range(start, end).map_err(BuildError::Map)?;

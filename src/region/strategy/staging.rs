@@ -64,6 +64,11 @@ pub(super) fn build(
 /// write: 67 000 of them for 8-byte writes outlasted a 3 s lease break). Then the shadow
 /// takes the copy's bytes, and the file is fdatasynced. The caller serialises write-backs
 /// of one file (`ManagerInner::writeback_lock`): the merge reads, then writes, the file.
+///
+/// `exclusive`: no other staging region of the file overlaps this one, so nothing but this
+/// copy changed those bytes of the file since the shadow: the copy is written as it is
+/// (no pread, no merge).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn write_back(
     map: &Mapping,
     shadow: &Shadow,
@@ -71,6 +76,7 @@ pub(super) fn write_back(
     offset: u64,
     start: usize,
     end: usize,
+    exclusive: bool,
 ) -> Result<(), BuildError> {
     let mut base = shadow.0.lock();
     let size = CHUNK.min(end.saturating_sub(start));
@@ -81,8 +87,11 @@ pub(super) fn write_back(
         let (now, merged) = (&mut snap[..n], &mut file[..n]);
         map.read_at(at, now).map_err(BuildError::Map)?;
         let old = &mut base[at..at + n];
-        if now != old {
-            let file_off = offset + at as u64;
+        let file_off = offset + at as u64;
+        if exclusive {
+            pwrite_all(fd, now, file_off)?;
+            old.copy_from_slice(now);
+        } else if now != old {
             pread_full(fd, merged, file_off)?;
             merge(merged, now, old);
             pwrite_all(fd, merged, file_off)?;
@@ -93,22 +102,24 @@ pub(super) fn write_back(
     super::fdatasync(fd)
 }
 
-/// Lays the bytes where `now` differs from `old` over `file` (all the same length).
+/// Lays the bytes where `now` differs from `old` over `file` (all the same length), a
+/// word at a time without branches (a byte loop cost 10 ms per MiB in the TCG guests).
 fn merge(file: &mut [u8], now: &[u8], old: &[u8]) {
-    const W: usize = 8;
-    let words = file.len() / W * W;
-    for i in (0..words).step_by(W) {
-        if now[i..i + W] != old[i..i + W] {
-            for j in i..i + W {
-                if now[j] != old[j] {
-                    file[j] = now[j];
-                }
-            }
-        }
+    const LOW7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+    let word = |b: &[u8]| u64::from_ne_bytes(b.try_into().expect("8 bytes"));
+    let mut f = file.chunks_exact_mut(8);
+    let (mut n, mut o) = (now.chunks_exact(8), old.chunks_exact(8));
+    for ((f, n), o) in (&mut f).zip(&mut n).zip(&mut o) {
+        let (fw, nw) = (word(f), word(n));
+        let diff = nw ^ word(o);
+        // High bit of each byte of `diff` that is non-zero, spread to the whole byte.
+        let high = ((diff & LOW7).wrapping_add(LOW7) | diff) & !LOW7;
+        let mask = (high >> 7) * 0xFF;
+        f.copy_from_slice(&((fw & !mask) | (nw & mask)).to_ne_bytes());
     }
-    for j in words..file.len() {
-        if now[j] != old[j] {
-            file[j] = now[j];
+    for ((f, n), o) in f.into_remainder().iter_mut().zip(n.remainder()).zip(o.remainder()) {
+        if n != o {
+            *f = *n;
         }
     }
 }
@@ -170,5 +181,18 @@ mod tests {
         let mut file = [9u8; 20];
         merge(&mut file, &old, &old);
         assert_eq!(file, [9u8; 20]);
+        // Every byte value, in every position of a word.
+        for v in 0..=255u8 {
+            for at in 0..8 {
+                let (old, mut now, mut file) = ([0u8; 8], [0u8; 8], [0xAAu8; 8]);
+                now[at] = v;
+                merge(&mut file, &now, &old);
+                let mut want = [0xAAu8; 8];
+                if v != 0 {
+                    want[at] = v;
+                }
+                assert_eq!(file, want, "value {v} at {at}");
+            }
+        }
     }
 }
