@@ -108,18 +108,6 @@ impl RegionShared {
         list.iter().filter_map(Weak::upgrade).collect()
     }
 
-    /// Whether no other live staging region of the file overlaps this one's `len` bytes
-    /// (so its write-back need not merge with the file). Called with this region's slot
-    /// locked: the others' are only tried (a busy one counts as overlapping).
-    pub(crate) fn staging_alone(&self, mgr: &ManagerInner, len: usize) -> bool {
-        let (start, end) = (self.offset, self.offset + len as u64);
-        mgr.regions_of(self.lease.file_id()).iter().filter(|o| o.id != self.id).all(|o| {
-            let Some(slot) = o.slot.try_lock() else { return false };
-            let staged = slot.live.as_ref().is_some_and(|b| b.strategy == Strategy::Staging);
-            !staged || o.offset >= end || o.offset + slot.info.len as u64 <= start
-        })
-    }
-
     /// Drops the scratch memory region once no grant is retargeted to it any more (its
     /// grants were returned, dropped, fenced or lost).
     pub(crate) fn drop_unused_scratch(&self, slot: &mut Slot) {
@@ -158,9 +146,7 @@ impl RegionShared {
         if how != TearDown::Discard && self.access.is_writable() {
             let len = slot.info.len;
             let _serial = mgr.writeback_lock(self.lease.file_id());
-            let exclusive = self.staging_alone(mgr, len);
-            let fd = self.lease.fd();
-            if let Err(e) = strategy::commit(&built, fd, self.offset, (0, len), exclusive) {
+            if let Err(e) = strategy::commit(&built, self.lease.fd(), self.offset, (0, len)) {
                 tracing::error!(region = self.id, error = ?e, "commit before release failed");
                 mgr.metrics.commit_failures.inc();
                 failed = Some(format!("{}", build_error(e, &self.path, self.offset, len)));
@@ -360,8 +346,7 @@ impl Region {
             return Ok(());
         }
         let _serial = self.mgr.writeback_lock(s.lease.file_id());
-        let exclusive = s.staging_alone(&self.mgr, len);
-        strategy::commit(built, s.lease.fd(), s.offset, (range.start, range.end), exclusive)
+        strategy::commit(built, s.lease.fd(), s.offset, (range.start, range.end))
             .map_err(|e| build_error(e, &s.path, s.offset, len))
     }
 

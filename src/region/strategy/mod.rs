@@ -155,18 +155,16 @@ fn register(
 }
 
 /// Make bytes `start..end` of a built region durable in the file (in place: msync of
-/// just those pages; staging: see `staging::write_back`, `exclusive` when no other
-/// staging region of the file overlaps it).
+/// just those pages; staging: merged with the file, see `staging::write_back`).
 pub(crate) fn commit(
     built: &Built,
     fd: BorrowedFd<'_>,
     offset: u64,
     (start, end): (usize, usize),
-    exclusive: bool,
 ) -> Result<(), BuildError> {
     match (built.strategy, &built.shadow) {
         (Strategy::Staging, Some(shadow)) => {
-            staging::write_back(&built.mapping, shadow, fd, offset, start, end, exclusive)
+            staging::write_back(&built.mapping, shadow, fd, offset, start, end)
         }
         _ => {
             built.mapping.sync_range(start, end).map_err(BuildError::Map)?;

@@ -65,10 +65,9 @@ pub(super) fn build(
 /// takes the copy's bytes, and the file is fdatasynced. The caller serialises write-backs
 /// of one file (`ManagerInner::writeback_lock`): the merge reads, then writes, the file.
 ///
-/// `exclusive`: no other staging region of the file overlaps this one, so nothing but this
-/// copy changed those bytes of the file since the shadow: the copy is written as it is
-/// (no pread, no merge).
-#[allow(clippy::too_many_arguments)]
+/// Always merged, even with no other staging region of the file alive: one that was torn
+/// down a moment ago may have written back bytes this copy holds stale (a "write the copy
+/// as it is when alone" shortcut lost records in the soak exactly so).
 pub(super) fn write_back(
     map: &Mapping,
     shadow: &Shadow,
@@ -76,7 +75,6 @@ pub(super) fn write_back(
     offset: u64,
     start: usize,
     end: usize,
-    exclusive: bool,
 ) -> Result<(), BuildError> {
     let mut base = shadow.0.lock();
     let size = CHUNK.min(end.saturating_sub(start));
@@ -88,10 +86,7 @@ pub(super) fn write_back(
         map.read_at(at, now).map_err(BuildError::Map)?;
         let old = &mut base[at..at + n];
         let file_off = offset + at as u64;
-        if exclusive {
-            pwrite_all(fd, now, file_off)?;
-            old.copy_from_slice(now);
-        } else if now != old {
+        if now != old {
             pread_full(fd, merged, file_off)?;
             merge(merged, now, old);
             pwrite_all(fd, merged, file_off)?;
