@@ -249,8 +249,95 @@ pub fn rebuild_in(rt: &tokio::runtime::Runtime, mgr: &Manager, d: &Path) -> Stri
     )
 }
 
+/// The breaker of the revocation lines, in a process of its own: reads a path per line,
+/// opens it for writing (which blocks until the lease holder lets go), and answers with
+/// how long the open took in ns.
+fn blocking_breaker_main() {
+    use std::io::{BufRead, Write};
+    let mut out = std::io::stdout().lock();
+    for line in std::io::stdin().lock().lines() {
+        let path = PathBuf::from(line.unwrap());
+        let t = Instant::now();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let ns = t.elapsed().as_nanos();
+        drop(f);
+        writeln!(out, "{ns}").unwrap();
+        out.flush().unwrap();
+    }
+}
+
+/// A [`blocking_breaker_main`] process.
+struct BlockingBreaker {
+    child: std::process::Child,
+    tx: std::process::ChildStdin,
+    rx: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl BlockingBreaker {
+    fn spawn() -> BlockingBreaker {
+        use std::process::Stdio;
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .env("FILEMR_BENCH_ROLE", "blocking-breaker")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let tx = child.stdin.take().unwrap();
+        let rx = std::io::BufReader::new(child.stdout.take().unwrap());
+        BlockingBreaker { child, tx, rx }
+    }
+
+    /// Asks for an open of `path`, without waiting.
+    fn send(&mut self, path: &Path) {
+        use std::io::Write;
+        writeln!(self.tx, "{}", path.display()).unwrap();
+        self.tx.flush().unwrap();
+    }
+
+    /// How long the open took.
+    fn blocked(&mut self) -> Duration {
+        use std::io::BufRead;
+        let mut l = String::new();
+        self.rx.read_line(&mut l).unwrap();
+        Duration::from_nanos(l.trim().parse().unwrap())
+    }
+}
+
+impl Drop for BlockingBreaker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The bare baseline of the revocation lines: a write lease held with `fcntl`, its break
+/// taken with `sigwaitinfo` and released with `F_UNLCK` at once, as the breaker's open
+/// sees it (median over `iters`). `sig` is blocked in every thread.
+fn bare_revocation(path: &Path, sig: i32, br: &mut BlockingBreaker, iters: usize) -> f64 {
+    use filemr::sys::lease_baseline as bare;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let mut samples = Vec::new();
+    for _ in 0..iters {
+        bare::setsig(f.as_fd(), sig).unwrap();
+        // The breaker's previous open may still be closing: retry until the lease is ours.
+        while bare::setlease(f.as_fd(), true).is_err() {
+            std::thread::yield_now();
+        }
+        br.send(path);
+        bare::wait_fd(sig).unwrap();
+        bare::setlease(f.as_fd(), false).unwrap();
+        samples.push(br.blocked().as_secs_f64());
+    }
+    median(samples)
+}
+
 pub fn revocation_in(rt: &tokio::runtime::Runtime, mgr: &Manager, d: &Path) -> Vec<String> {
     let mut out = Vec::new();
+    let mut br = BlockingBreaker::spawn();
+    let bare_path = file(d, "bare", 0, 4096);
+    // A real-time signal of its own (the manager's engine uses another), blocked in every
+    // thread by `main` before any thread existed; `sigwaitinfo` takes it here.
+    let sig = bare_signal();
     const SZ: usize = 4096;
     for n in [1usize, 100, 10_000] {
         let files = n.div_ceil(100).max(1);
@@ -270,13 +357,9 @@ pub fn revocation_in(rt: &tokio::runtime::Runtime, mgr: &Manager, d: &Path) -> V
         let victim = mgr.register(&victim_path, 0, SZ, Access::ReadWrite).unwrap();
         let mut events = victim.events();
         let mut samples = Vec::new();
+        let mut blocked = Vec::new();
         for _ in 0..5 {
-            let status = Command::new("sh")
-                .arg("-c")
-                .arg(format!(": >> '{}'", victim_path.display()))
-                .status()
-                .unwrap();
-            assert!(status.success());
+            br.send(&victim_path);
             let since = rt.block_on(async {
                 loop {
                     let ev = tokio::time::timeout(Duration::from_secs(60), events.recv())
@@ -289,6 +372,7 @@ pub fn revocation_in(rt: &tokio::runtime::Runtime, mgr: &Manager, d: &Path) -> V
                 }
             });
             samples.push(since.as_secs_f64());
+            blocked.push(br.blocked().as_secs_f64());
             rt.block_on(async {
                 loop {
                     let ev = events.recv().await.unwrap();
@@ -298,9 +382,15 @@ pub fn revocation_in(rt: &tokio::runtime::Runtime, mgr: &Manager, d: &Path) -> V
                 }
             });
         }
+        let (ours, theirs) = (median(blocked), bare_revocation(&bare_path, sig, &mut br, 20));
         out.push(format!(
-            "revocation (break -> lease released) of 1 idle region with {n} registered: median {:.3} ms",
-            median(samples) * 1e3
+            "revocation of 1 idle region with {n} registered: the breaker's open blocked {:.3} ms \
+             (filemr's own break -> release {:.3} ms); bare fcntl+sigwaitinfo+F_UNLCK {:.3} ms; \
+             ratio {:.2} (target <= 1.5)",
+            ours * 1e3,
+            median(samples) * 1e3,
+            theirs * 1e3,
+            ours / theirs
         ));
         drop(victim);
         drop(regions);
@@ -308,11 +398,23 @@ pub fn revocation_in(rt: &tokio::runtime::Runtime, mgr: &Manager, d: &Path) -> V
             let _ = std::fs::remove_file(p);
         }
     }
+    let _ = std::fs::remove_file(&bare_path);
     out
+}
+
+/// The bare revocation baseline's signal.
+fn bare_signal() -> i32 {
+    libc::SIGRTMIN() + 9
 }
 
 #[allow(dead_code)]
 fn main() {
+    if std::env::var("FILEMR_BENCH_ROLE").as_deref() == Ok("blocking-breaker") {
+        return blocking_breaker_main();
+    }
+    // Before any other thread exists, so every later thread inherits the mask (a lease
+    // signal delivered to a thread that does not block it would kill the process).
+    filemr::sys::lease_baseline::block(bare_signal()).unwrap();
     println!("{}", guard_vs_mutex());
     let device = std::env::var("FILEMR_RXE_DEVICE").unwrap_or_else(|_| "rxe0".into());
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();

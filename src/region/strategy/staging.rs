@@ -24,7 +24,15 @@ const CHUNK: usize = 1 << 20;
 /// What a staging copy held when it last met the file (filled, or written back): the
 /// base a write-back diffs against. Plain memory, not registered (no locked bytes).
 #[derive(Debug)]
-pub(crate) struct Shadow(Mutex<Vec<u8>>);
+pub(crate) struct Shadow(Mutex<ShadowState>);
+
+#[derive(Debug)]
+struct ShadowState {
+    bytes: Vec<u8>,
+    /// Written back but not yet fdatasynced successfully: the next write-back syncs even
+    /// if nothing changed since.
+    unsynced: bool,
+}
 
 /// A failed pread/pwrite as the I/O error it is (`op` and its errno).
 fn sys_io(op: &'static str) -> impl Fn(SysError) -> BuildError {
@@ -55,15 +63,16 @@ pub(super) fn build(
     let mut shadow = vec![0u8; len];
     map.read_at(0, &mut shadow).map_err(BuildError::Map)?;
     let mr = super::register(pd, &map, access.mr_access(), iova)?;
-    Ok((mr, map, Shadow(Mutex::new(shadow))))
+    Ok((mr, map, Shadow(Mutex::new(ShadowState { bytes: shadow, unsynced: false }))))
 }
 
 /// Writes bytes `start..end` of the copy back, merged: per 1 MiB chunk that changed since
 /// the shadow, the file's current bytes with this copy's changed bytes laid over them,
 /// in one pread and one pwrite (a pwrite per changed run would cost a syscall per peer
 /// write: 67 000 of them for 8-byte writes outlasted a 3 s lease break). Then the shadow
-/// takes the copy's bytes, and the file is fdatasynced. The caller serialises write-backs
-/// of one file (`ManagerInner::writeback_lock`): the merge reads, then writes, the file.
+/// takes the copy's bytes, and the file is fdatasynced if anything was written (or a
+/// previous sync failed). The caller serialises write-backs of one file
+/// (`ManagerInner::writeback_lock`): the merge reads, then writes, the file.
 ///
 /// Always merged, even with no other staging region of the file alive: one that was torn
 /// down a moment ago may have written back bytes this copy holds stale (a "write the copy
@@ -76,7 +85,8 @@ pub(super) fn write_back(
     start: usize,
     end: usize,
 ) -> Result<(), BuildError> {
-    let mut base = shadow.0.lock();
+    let mut state = shadow.0.lock();
+    let ShadowState { bytes: base, unsynced } = &mut *state;
     let size = CHUNK.min(end.saturating_sub(start));
     let (mut snap, mut file) = (vec![0u8; size], vec![0u8; size]);
     let mut at = start;
@@ -91,10 +101,17 @@ pub(super) fn write_back(
             merge(merged, now, old);
             pwrite_all(fd, merged, file_off)?;
             old.copy_from_slice(now);
+            *unsynced = true;
         }
         at += n;
     }
-    super::fdatasync(fd)
+    // Nothing changed since the last write-back, which synced: nothing to make durable
+    // (an idle region's revocation then costs no fdatasync).
+    if *unsynced {
+        super::fdatasync(fd)?;
+        *unsynced = false;
+    }
+    Ok(())
 }
 
 /// Lays the bytes where `now` differs from `old` over `file` (all the same length), a
