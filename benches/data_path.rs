@@ -183,7 +183,7 @@ fn main() {
     let peer_ctx = Arc::new(Context::open(&peer_dev).unwrap());
     let peer_pd = ProtectionDomain::new(&peer_ctx).unwrap();
     let peer = Side::new(&peer_pd, MrAccess::LOCAL_WRITE);
-    let pd = mgr.protection_domain().clone();
+    let pd = mgr.protection_domain().expect("the device is there");
     let remote = MrAccess::LOCAL_WRITE | MrAccess::REMOTE_WRITE | MrAccess::REMOTE_READ;
     let server = Side::new(&pd, remote);
     server.qp.connect(1, server.gid_index, peer.qp.qp_num(), peer.gid).unwrap();

@@ -81,7 +81,7 @@ fn raw_registration(
     if strategy == filemr::region::Strategy::Odp {
         acc |= filemr::verbs::Access::ON_DEMAND;
     }
-    (MemoryRegion::register(mgr.protection_domain(), &map, acc).unwrap(), map)
+    (MemoryRegion::register(&mgr.protection_domain().unwrap(), &map, acc).unwrap(), map)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -13,13 +13,12 @@ mod region_support;
 mod remote_peer;
 
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use filemr::grant::GrantState;
 use filemr::region::{Access, LostReason, Manager, ManagerConfig, RegionError, RegionEventKind};
-use filemr::verbs::{CompletionQueue, QueuePair, WcStatus};
-use guest::{GuestEnv, pattern, sh, succeeds_within};
+use filemr::verbs::WcStatus;
+use guest::{DevicePair, GuestEnv, pattern, succeeds_within};
 use prometheus_client::registry::Registry;
 use region_support::{RT, make_file, note, wait_event};
 use remote_peer::RemotePeer;
@@ -31,10 +30,6 @@ const PEER_DEV: &str = "rxe_lostp";
 const PEER_NETDEV: &str = "fmr-lost-p";
 const LEN: usize = 1 << 20;
 
-fn add_device() {
-    sh(&["rdma", "link", "add", DEV, "type", "rxe", "netdev", NETDEV]);
-}
-
 fn config() -> ManagerConfig {
     let mut cfg = ManagerConfig::new(DEV);
     cfg.device_poll = Duration::from_millis(100);
@@ -45,15 +40,7 @@ fn config() -> ManagerConfig {
 #[ignore = "needs rxe0 (SoftRoCE) as root: cargo xtask test runs it in the qemu guests"]
 fn a_removed_device_loses_its_regions_and_a_new_manager_waits_for_it() {
     let env = GuestEnv::get();
-    let _ = Command::new("ip").args(["link", "del", NETDEV]).status();
-    sh(&["ip", "link", "add", NETDEV, "type", "veth", "peer", "name", PEER_NETDEV]);
-    for (netdev, addr) in [(NETDEV, "10.79.0.1/24"), (PEER_NETDEV, "10.79.0.2/24")] {
-        sh(&["sysctl", "-qw", &format!("net.ipv4.conf.{netdev}.accept_local=1")]);
-        sh(&["ip", "addr", "add", addr, "dev", netdev]);
-        sh(&["ip", "link", "set", netdev, "up"]);
-    }
-    add_device();
-    sh(&["rdma", "link", "add", PEER_DEV, "type", "rxe", "netdev", PEER_NETDEV]);
+    let link = DevicePair::add((DEV, NETDEV), (PEER_DEV, PEER_NETDEV), "10.79.0");
     let _enter = RT.enter();
     let mut registry = Registry::default();
     let mgr = Manager::new(config(), &mut registry).unwrap();
@@ -62,13 +49,7 @@ fn a_removed_device_loses_its_regions_and_a_new_manager_waits_for_it() {
     let mut events = region.events();
 
     // A peer on the other end of the link, writing through its grant.
-    let pd = mgr.protection_domain().clone();
-    let cq = CompletionQueue::new(pd.context(), 64).unwrap();
-    let qp = Arc::new(QueuePair::new_rc(&pd, &cq).unwrap());
-    let peer = RemotePeer::open(PEER_DEV, 8192).unwrap();
-    let (gid_index, gid) = pd.context().pick_gid(1).unwrap();
-    qp.connect(1, gid_index, peer.qp.qp_num(), peer.gid).unwrap();
-    peer.connect(qp.qp_num(), gid).unwrap();
+    let (qp, peer) = RemotePeer::connected_to(&mgr, PEER_DEV);
     let g = region.grant(&qp).unwrap();
     let key = g.info();
     let write = |off: u64, data: &[u8]| peer.write(&key, off, data).ok();
@@ -99,7 +80,7 @@ fn a_removed_device_loses_its_regions_and_a_new_manager_waits_for_it() {
 
     // The application drops everything on the device: the deletion finishes.
     let t = Instant::now();
-    drop((g, region, qp, cq, pd));
+    drop((g, region, qp));
     drop(mgr);
     let done = succeeds_within(&mut delete, Duration::from_secs(10));
     note(&format!(
@@ -119,7 +100,7 @@ fn a_removed_device_loses_its_regions_and_a_new_manager_waits_for_it() {
         (Manager::new(cfg, &mut Registry::default()), started.elapsed())
     });
     std::thread::sleep(Duration::from_secs(1));
-    add_device();
+    link.add_server_device();
     let (mgr, waited) = waiter.join().unwrap();
     let mgr = mgr.expect("the waiting manager starts when the device is back");
     assert!(waited >= Duration::from_millis(900), "it waited: {waited:?}");
@@ -133,7 +114,4 @@ fn a_removed_device_loses_its_regions_and_a_new_manager_waits_for_it() {
         other => panic!("a device that never comes: {other:?}"),
     }
     drop(peer);
-    sh(&["rdma", "link", "delete", DEV]);
-    sh(&["rdma", "link", "delete", PEER_DEV]);
-    sh(&["ip", "link", "del", NETDEV]);
 }

@@ -62,7 +62,11 @@ static EMBEDDED: LazyLock<Embedded> = LazyLock::new(|| {
     let mgr =
         Manager::with_protection_domain(ManagerConfig::new("ignored"), pd.clone(), &mut registry)
             .expect("manager over the application's PD");
-    assert_eq!(mgr.protection_domain().as_raw(), app.pd, "regions go into the application's PD");
+    assert_eq!(
+        mgr.protection_domain().unwrap().as_raw(),
+        app.pd,
+        "regions go into the application's PD"
+    );
     Embedded { app, ctx, pd, mgr, registry: Mutex::new(registry) }
 });
 

@@ -67,7 +67,7 @@ fn forking_while_a_peer_writes_loses_no_acknowledged_write() {
         let addr = region.info().addr;
         // The peer on the other end of the veth link, on a QP of the server's own.
         let peer = Arc::new(RemotePeer::open(&env.peer.device, 64 * 1024).unwrap());
-        let pd = manager().protection_domain().clone();
+        let pd = manager().protection_domain().expect("the device is there");
         let cq = CompletionQueue::new(pd.context(), 64).unwrap();
         let qp = Arc::new(QueuePair::new_rc(&pd, &cq).unwrap());
         let (gid_index, gid) = pd.context().pick_gid(1).unwrap();

@@ -106,7 +106,7 @@ impl LayoutServer {
         let channel = CmChannel::new().map_err(verbs)?;
         let listener = CmId::listen(&channel, cfg.listen, 64).map_err(verbs)?;
         let local = listener.local_addr().unwrap_or(cfg.listen);
-        let ours = mgr.protection_domain().context().name().to_string();
+        let ours = mgr.device().to_string();
         if let Some(dev) = listener.device_name().filter(|d| *d != ours) {
             return Err(LayoutError::Config(format!(
                 "{} is an address of device {dev}, the manager uses {ours}",
@@ -367,7 +367,12 @@ impl Server {
             let _ = id.reject();
             return;
         }
-        let made = Link::new(self.mgr.protection_domain()).and_then(|link| {
+        let Some(pd) = self.mgr.protection_domain() else {
+            tracing::warn!(%peer, "connection refused: the device is gone");
+            let _ = id.reject();
+            return;
+        };
+        let made = Link::new(&pd).and_then(|link| {
             id.prepare_accept(&link.qp)?;
             link.post_receives()?;
             id.accept(&link.qp, &[])?;
@@ -660,11 +665,17 @@ impl Server {
                 // A fenced grant is never rebound: the layout is over.
                 self.lose(grant, LostCode::Revoked);
             }
-            RegionEventKind::Lost { reason } => {
-                let code = match reason {
-                    LostReason::CommitFailed(_) => LostCode::CommitFailed,
-                    LostReason::DeviceGone { .. } => LostCode::DeviceGone,
-                    LostReason::Shrunk { .. } | LostReason::LeaseGone(_) => LostCode::FileGone,
+            // Either way the region's layouts are over (a suspended region comes back with
+            // new keys: its peers ask again).
+            RegionEventKind::Suspended { .. } | RegionEventKind::Lost { .. } => {
+                let code = match kind {
+                    RegionEventKind::Suspended { .. } => LostCode::DeviceGone,
+                    RegionEventKind::Lost { reason } => match reason {
+                        LostReason::CommitFailed(_) => LostCode::CommitFailed,
+                        LostReason::DeviceGone { .. } => LostCode::DeviceGone,
+                        LostReason::Shrunk { .. } | LostReason::LeaseGone(_) => LostCode::FileGone,
+                        _ => LostCode::Other,
+                    },
                     _ => LostCode::Other,
                 };
                 let gone: Vec<u64> = self

@@ -124,8 +124,16 @@ pub struct ManagerConfig {
     /// from which a device being deleted disappears at once). When it is gone every region
     /// is lost ([`LostReason::DeviceGone`](super::LostReason::DeviceGone)), its grants
     /// fenced and what peers wrote committed; the manager then refuses registrations and
-    /// must be dropped so the deletion can finish. Zero: never check.
+    /// must be dropped so the deletion can finish (unless `resume_on_device_return`).
+    /// Zero: never check.
     pub device_poll: Duration,
+    /// When the device is removed, keep the regions (suspended: registrations, grants and
+    /// the device context released so the removal can finish; leases kept) and rebuild
+    /// them when a device of the same name comes back (`Rebuilt`: same addresses, new
+    /// keys; grant again on new queue pairs). Only for a manager that opened its device
+    /// itself ([`Manager::new`](crate::region::Manager::new)); otherwise, and by
+    /// default, every region is lost.
+    pub resume_on_device_return: bool,
 }
 
 impl ManagerConfig {
@@ -145,6 +153,7 @@ impl ManagerConfig {
             lease: EngineConfig::default(),
             device_wait: Duration::ZERO,
             device_poll: Duration::from_millis(500),
+            resume_on_device_return: false,
         }
     }
 }

@@ -127,6 +127,15 @@ pub enum RegionEventKind {
         /// The new generation.
         generation: u64,
     },
+    /// The device was removed and the manager keeps the region
+    /// (`ManagerConfig::resume_on_device_return`): its registration is gone (what peers
+    /// wrote was committed), its grants are fenced, guards are refused; it is `Rebuilt`
+    /// when the device comes back. Drop the queue pairs and other objects on the device
+    /// so its removal can finish.
+    Suspended {
+        /// The device's name.
+        device: String,
+    },
     /// The region is gone for good.
     Lost {
         /// Why.

@@ -172,7 +172,10 @@ fn retarget_remaining(mgr: &ManagerInner, r: &RegionShared, slot: &mut Slot) {
     }
     if slot.scratch.is_none() {
         let (iova, len) = (slot.info.addr, slot.info.len);
-        match scratch::build(&mgr.pd, iova, len, mgr.cfg.scratch_chunk) {
+        let built = mgr.pd().map_err(|e| e.to_string()).and_then(|pd| {
+            scratch::build(&pd, iova, len, mgr.cfg.scratch_chunk).map_err(|e| e.to_string())
+        });
+        match built {
             Ok(mr) => {
                 RegionMetrics::count(&mgr.grant_metrics.scratch, "backing", "repeated");
                 slot.scratch = Some(mr);
@@ -210,6 +213,9 @@ pub(crate) fn rebuild_file(mgr: &Arc<ManagerInner>, file: FileId) {
         if slot.info.state != RegionState::Revoked || slot.forgotten || r.word.is_lost() {
             continue;
         }
+        if slot.suspended && mgr.device_lost.load(std::sync::atomic::Ordering::Acquire) {
+            continue; // rebuilt when the device is back (`ManagerInner::resume`)
+        }
         // Why: a rebuild must never publish a region that the revocation of a break
         // delivered meanwhile did not take (that revocation would release the lease with
         // the region still registered, exposing bytes the breaker then replaces). A
@@ -232,6 +238,7 @@ pub(crate) fn rebuild_file(mgr: &Arc<ManagerInner>, file: FileId) {
         let started = Instant::now();
         match rebuild_one(mgr, &r, &mut slot) {
             Ok(true) => {
+                slot.suspended = false;
                 rebind_grants(mgr, &r, &mut slot);
                 mgr.metrics.rebuild_seconds.observe(started.elapsed().as_secs_f64());
             }
@@ -257,23 +264,24 @@ fn rebuild_one(mgr: &ManagerInner, r: &RegionShared, slot: &mut Slot) -> Result<
     let len = (r.requested_len as u64).min(file_len - r.offset) as usize;
     let old: Strategy = slot.info.decision.strategy;
     let iova = Some(slot.info.addr);
+    let pd = mgr.pd().map_err(|e| LostReason::RebuildFailed(e.to_string()))?;
     let held = slot.reserved.take();
-    let first = strategy::rebuild(old, &mgr.pd, fd, r.offset, len, r.access, iova, held);
+    let first = strategy::rebuild(old, &pd, fd, r.offset, len, r.access, iova, held);
     let (built, decision) = match first {
         Ok(b) => (b, None),
         Err(first) => {
             tracing::warn!(region = r.id, error = ?first, "rebuild failed; probing again");
-            let general = mgr.decide(&r.path, r.dev, r.access, true);
+            let general = mgr.decide(&pd, &r.path, r.dev, r.access, true);
             let d = general.clone().for_region(r.alignment, r.offset);
             let failed = |e| LostReason::RebuildFailed(format!("{e:?}"));
-            match strategy::build(d.strategy, &mgr.pd, fd, r.offset, len, r.access, iova) {
+            match strategy::build(d.strategy, &pd, fd, r.offset, len, r.access, iova) {
                 Ok(b) => (b, Some(d)),
                 // The aligned strategy cannot be rebuilt (an ODP region's old addresses
                 // are taken): the general one serves aligned peers too.
                 Err(e) if d.strategy != general.strategy => {
                     tracing::warn!(region = r.id, error = ?e, "aligned strategy failed; general one");
                     let s = general.strategy;
-                    let b = strategy::build(s, &mgr.pd, fd, r.offset, len, r.access, iova)
+                    let b = strategy::build(s, &pd, fd, r.offset, len, r.access, iova)
                         .map_err(failed)?;
                     (b, Some(general))
                 }
@@ -378,6 +386,43 @@ pub(crate) fn lose_file(mgr: &Arc<ManagerInner>, file: FileId, reason: LostReaso
         let mut slot = r.slot.lock();
         if slot.info.state != RegionState::Lost && !slot.forgotten {
             lose(mgr, &r, &mut slot, reason.clone());
+        }
+    }
+}
+
+/// The device is gone and the manager keeps its regions: each one's grants are fenced
+/// (their windows freed), what peers wrote is committed, its registration torn down (an
+/// ODP region's addresses held), and it waits, revoked and suspended, for the device.
+/// Leases are kept: the files stay the regions' own meanwhile.
+pub(crate) fn suspend_all(mgr: &Arc<ManagerInner>, device: &str) {
+    let files: Vec<FileId> = mgr.files.lock().keys().copied().collect();
+    for file in files {
+        let lock = mgr.file_lock(file);
+        let _serial = lock.blocking_lock();
+        for r in mgr.regions_of(file) {
+            let mut slot = r.slot.lock();
+            if slot.forgotten || r.word.is_lost() || slot.info.state == RegionState::Lost {
+                continue;
+            }
+            // A region already revoked (its lease broken) holds no registration: it only
+            // waits for the device as well as for its lease.
+            let owned = r.word.start_revoke();
+            // As when a region is lost: the windows are freed (no work request on a dying
+            // device), and `Suspended` tells the grants' holders.
+            for g in r.grants() {
+                let mut c = g.cell.lock();
+                g.fence(&mut c);
+            }
+            if owned {
+                if let Some(why) = r.tear_down(mgr, &mut slot, TearDown::Revoke) {
+                    tracing::error!(region = r.id, error = %why, "commit at device loss failed");
+                }
+                r.word.finish_revoke();
+                r.set_state(mgr, &mut slot, RegionState::Revoked);
+            }
+            slot.scratch = None;
+            slot.suspended = true;
+            r.emit(mgr, RegionEventKind::Suspended { device: device.to_string() });
         }
     }
 }

@@ -61,6 +61,9 @@ pub(crate) struct Slot {
     pub(crate) forgotten: bool,
     /// The addresses of a revoked ODP region, held until its rebuild maps there again.
     pub(crate) reserved: Option<AddressReservation>,
+    /// Revoked because the device went away (`RegionEventKind::Suspended`): rebuilt when
+    /// it is back, not on the lease's return alone.
+    pub(crate) suspended: bool,
 }
 
 /// What a region shares with the manager.
@@ -278,7 +281,8 @@ impl Region {
         let s = &self.shared;
         let mgr = &self.mgr;
         let bad = |why: String| RegionError::GrantQp { id: s.id, qp: qp.qp_num(), why };
-        if qp.pd().as_raw() != mgr.pd.as_raw() {
+        let pd = mgr.pd()?;
+        if qp.pd().as_raw() != pd.as_raw() {
             return Err(bad("the queue pair is in another protection domain".into()));
         }
         match qp.state() {
@@ -299,7 +303,7 @@ impl Region {
             Err(e) => return Err(bad(e.to_string())),
         }
         let verb = |source| RegionError::Grant { id: s.id, qp: qp.qp_num(), source };
-        let mw = MemoryWindow::alloc(&mgr.pd, MwType::Type2).map_err(verb)?;
+        let mw = MemoryWindow::alloc(&pd, MwType::Type2).map_err(verb)?;
         let slot = s.slot.lock();
         let Some(built) = slot.live.as_ref().filter(|_| slot.info.state == RegionState::Registered)
         else {

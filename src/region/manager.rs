@@ -30,7 +30,12 @@ use crate::verbs::{Context, OdpCaps, ProtectionDomain};
 pub(crate) struct ManagerInner {
     pub(crate) cfg: ManagerConfig,
     pub(crate) engine: LeaseEngine,
-    pub(crate) pd: Arc<ProtectionDomain>,
+    /// The protection domain regions are registered in; `None` while the device is gone
+    /// and the regions are suspended (`ManagerConfig::resume_on_device_return`).
+    pd: parking_lot::RwLock<Option<Arc<ProtectionDomain>>>,
+    /// The manager opened its device itself (`Manager::new`), so it may close and reopen
+    /// it; not when it works over an application's protection domain.
+    owns_device: AtomicBool,
     pub(crate) odp: OdpCaps,
     decisions: Mutex<HashMap<(u64, Access), Decision>>,
     pub(crate) files: Mutex<HashMap<FileId, Vec<Weak<RegionShared>>>>,
@@ -47,7 +52,7 @@ pub(crate) struct ManagerInner {
     /// Locked bytes the regions may hold (`ManagerConfig::memlock_budget`).
     budget: Arc<MemlockBudget>,
     /// The device was removed: every region is lost, registrations are refused.
-    device_lost: AtomicBool,
+    pub(crate) device_lost: AtomicBool,
     /// Serialises staging write-backs of one file (striped by file): a write-back merges
     /// over the file's current bytes, so two regions of a file must not interleave.
     writebacks: [Mutex<()>; 16],
@@ -105,7 +110,9 @@ impl Manager {
             }
         };
         let pd = ProtectionDomain::new(&ctx).map_err(device)?;
-        Manager::with_protection_domain(cfg, pd, registry)
+        let mgr = Manager::with_protection_domain(cfg, pd, registry)?;
+        mgr.inner.owns_device.store(true, Ordering::Release);
+        Ok(mgr)
     }
 
     /// A manager over the application's own protection domain (and so its device
@@ -141,7 +148,8 @@ impl Manager {
         let inner = Arc::new(ManagerInner {
             cfg,
             engine,
-            pd,
+            pd: parking_lot::RwLock::new(Some(pd)),
+            owns_device: AtomicBool::new(false),
             odp,
             decisions: Mutex::new(HashMap::new()),
             files: Mutex::new(HashMap::new()),
@@ -165,15 +173,21 @@ impl Manager {
         Ok(Manager { inner })
     }
 
+    /// The name of the manager's device.
+    pub fn device(&self) -> &str {
+        &self.inner.cfg.device
+    }
+
     /// All regions' events.
     pub fn events(&self) -> RegionEvents {
         RegionEvents { rx: self.inner.events.subscribe(), only: None, skipped: 0 }
     }
 
     /// The protection domain regions are registered in: create the queue pairs that
-    /// serve them in it.
-    pub fn protection_domain(&self) -> &Arc<ProtectionDomain> {
-        &self.inner.pd
+    /// serve them in it. `None` while the device is gone and the regions are suspended
+    /// (`ManagerConfig::resume_on_device_return`); a new one once it is back.
+    pub fn protection_domain(&self) -> Option<Arc<ProtectionDomain>> {
+        self.inner.pd.read().clone()
     }
 
     /// Whether the device was removed (every region was lost; drop the manager so the
@@ -219,7 +233,8 @@ impl Manager {
     ) -> Result<Decision, RegionError> {
         let path = path.as_ref();
         let md = metadata(path)?;
-        Ok(self.inner.decide(path, md.dev(), access, false))
+        let pd = self.inner.pd()?;
+        Ok(self.inner.decide(&pd, path, md.dev(), access, false))
     }
 
     /// Registers `len` bytes at `offset` of the file at `path` for peers to access as
@@ -297,16 +312,7 @@ impl Manager {
         alignment: usize,
     ) -> Result<Region, RegionError> {
         let inner = &self.inner;
-        if self.device_lost() {
-            return Err(RegionError::Device {
-                device: inner.cfg.device.clone(),
-                source: crate::verbs::VerbsError::new(
-                    "ibv_get_device_list",
-                    Errno::ENODEV,
-                    "the device was removed: drop this manager and make a new one",
-                ),
-            });
-        }
+        let pd = inner.pd()?;
         if len == 0 {
             return Err(RegionError::ZeroLength { path: path.to_path_buf(), offset });
         }
@@ -329,7 +335,8 @@ impl Manager {
         if let Some(e) = beyond(md.len()) {
             return Err(e);
         }
-        let decision = inner.decide(path, md.dev(), access, false).for_region(alignment, offset);
+        let decision =
+            inner.decide(&pd, path, md.dev(), access, false).for_region(alignment, offset);
         let locked = if decision.strategy == Strategy::Odp {
             None
         } else {
@@ -362,9 +369,8 @@ impl Manager {
         if let Some(e) = beyond(file_len) {
             return Err(e);
         }
-        let built =
-            strategy::build(decision.strategy, &inner.pd, lease.fd(), offset, len, access, None)
-                .map_err(|e| build_error(e, path, offset, len))?;
+        let built = strategy::build(decision.strategy, &pd, lease.fd(), offset, len, access, None)
+            .map_err(|e| build_error(e, path, offset, len))?;
         let info = RegionInfo {
             lkey: built.mr.lkey(),
             addr: built.mr.addr(),
@@ -390,6 +396,7 @@ impl Manager {
                 info,
                 forgotten: false,
                 reserved: None,
+                suspended: false,
             }),
             grants: Mutex::new(Vec::new()),
             _locked: locked,
@@ -419,7 +426,14 @@ impl Manager {
 impl ManagerInner {
     /// The cached decision for `(dev, access)`, probing in `path`'s directory if there is
     /// none (or `fresh`).
-    pub(crate) fn decide(&self, path: &Path, dev: u64, access: Access, fresh: bool) -> Decision {
+    pub(crate) fn decide(
+        &self,
+        pd: &Arc<ProtectionDomain>,
+        path: &Path,
+        dev: u64,
+        access: Access,
+        fresh: bool,
+    ) -> Decision {
         if !fresh && let Some(d) = self.decisions.lock().get(&(dev, access)) {
             return d.clone();
         }
@@ -428,16 +442,27 @@ impl ManagerInner {
             .filter(|p| !p.as_os_str().is_empty())
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        let env = ProbeEnv {
-            pd: &self.pd,
-            odp: self.odp,
-            port: self.cfg.port,
-            in_place: self.cfg.in_place,
-        };
+        let env = ProbeEnv { pd, odp: self.odp, port: self.cfg.port, in_place: self.cfg.in_place };
         let d = probe(&env, &dir, access);
         tracing::info!(dir = %dir.display(), ?access, strategy = d.strategy.label(), reason = %d.reason, "strategy probed");
         self.decisions.lock().insert((dev, access), d.clone());
         d
+    }
+
+    /// The protection domain, or `ENODEV` while the device is gone.
+    pub(crate) fn pd(&self) -> Result<Arc<ProtectionDomain>, RegionError> {
+        self.pd.read().clone().ok_or_else(|| RegionError::Device {
+            device: self.cfg.device.clone(),
+            source: crate::verbs::VerbsError::new(
+                "ibv_get_device_list",
+                Errno::ENODEV,
+                if self.owns_device.load(Ordering::Acquire) && self.cfg.resume_on_device_return {
+                    "the device was removed: the regions are suspended until it comes back"
+                } else {
+                    "the device was removed: drop this manager and make a new one"
+                },
+            ),
+        })
     }
 
     /// Whether a revocation of `file` is under way (one of its regions is revoking).
@@ -498,8 +523,23 @@ impl ManagerInner {
     }
 }
 
-/// Checks every `device_poll` that the manager's device still exists; when it is gone,
-/// loses every region (grants fenced, peers' writes committed) and stops.
+/// Whether `device` is in the device list now (`None`: the listing failed, which is no
+/// evidence either way).
+async fn device_present(device: &str) -> Option<bool> {
+    let device = device.to_string();
+    tokio::task::spawn_blocking(move || {
+        crate::verbs::device_names().ok().map(|names| names.contains(&device))
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// Checks every `device_poll` that the manager's device still exists. When it is gone:
+/// suspends every region (`resume_on_device_return`, on a device the manager opened) or
+/// loses them all, and lets go of the protection domain (and so, once the application
+/// dropped its objects, of the device). Suspended regions are rebuilt when a device of
+/// the same name is back; otherwise the watch ends.
 async fn watch_device(weak: Weak<ManagerInner>) {
     loop {
         let poll = match weak.upgrade() {
@@ -509,18 +549,56 @@ async fn watch_device(weak: Weak<ManagerInner>) {
         tokio::time::sleep(poll).await;
         let Some(inner) = weak.upgrade() else { return };
         let device = inner.cfg.device.clone();
-        let present = tokio::task::spawn_blocking(move || {
-            crate::verbs::device_names().map(|names| names.contains(&device))
-        })
-        .await;
-        // A failed listing is no evidence of removal: check again next time.
-        if !matches!(present, Ok(Ok(false))) {
-            continue;
+        let lost = inner.device_lost.load(Ordering::Acquire);
+        match (lost, device_present(&device).await) {
+            (false, Some(false)) => {
+                let resume =
+                    inner.cfg.resume_on_device_return && inner.owns_device.load(Ordering::Acquire);
+                inner.device_lost.store(true, Ordering::Release);
+                let m = inner.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    if resume {
+                        tracing::error!(%device, "the RDMA device was removed: suspending every region until it is back");
+                        super::flow::suspend_all(&m, &device);
+                    } else {
+                        tracing::error!(%device, "the RDMA device was removed: losing every region");
+                        super::flow::lose_all(&m, LostReason::DeviceGone { device });
+                    }
+                    *m.pd.write() = None;
+                })
+                .await;
+                if !resume {
+                    return;
+                }
+            }
+            (true, Some(true)) => {
+                let m = inner.clone();
+                let _ = tokio::task::spawn_blocking(move || m.resume()).await;
+            }
+            _ => {}
         }
-        tracing::error!(device = %inner.cfg.device, "the RDMA device was removed: losing every region");
-        inner.device_lost.store(true, Ordering::Release);
-        let reason = LostReason::DeviceGone { device: inner.cfg.device.clone() };
-        let _ = tokio::task::spawn_blocking(move || super::flow::lose_all(&inner, reason)).await;
-        return;
+    }
+}
+
+impl ManagerInner {
+    /// The device is back: a new context and protection domain, then every suspended
+    /// region rebuilt (`Rebuilt`: same addresses, new keys). On failure, tried again at
+    /// the next poll.
+    fn resume(self: &Arc<Self>) {
+        let device = &self.cfg.device;
+        let pd = Context::open(device).and_then(|ctx| ProtectionDomain::new(&Arc::new(ctx)));
+        match pd {
+            Ok(pd) => *self.pd.write() = Some(pd),
+            Err(e) => {
+                tracing::warn!(%device, error = %e, "the device is back but cannot be opened yet");
+                return;
+            }
+        }
+        self.device_lost.store(false, Ordering::Release);
+        tracing::info!(%device, "the RDMA device is back: rebuilding the suspended regions");
+        let files: Vec<FileId> = self.files.lock().keys().copied().collect();
+        for file in files {
+            super::flow::rebuild_file(self, file);
+        }
     }
 }

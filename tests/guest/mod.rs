@@ -153,3 +153,47 @@ pub fn note(line: &str) {
         let _ = writeln!(f, "{line}");
     }
 }
+
+/// A veth link of a test's own with an rxe device at each end: the server's `dev` on
+/// `netdev` at `<subnet>.1/24`, the peer's `peer_dev` on `peer_netdev` at
+/// `<subnet>.2/24` (both ends accept packets from the host's own addresses, as the
+/// harness's link does). Dropping it deletes both devices and the link.
+pub struct DevicePair {
+    pub dev: &'static str,
+    pub netdev: &'static str,
+    pub peer_dev: &'static str,
+}
+
+impl DevicePair {
+    pub fn add(
+        (dev, netdev): (&'static str, &'static str),
+        (peer_dev, peer_netdev): (&'static str, &'static str),
+        subnet: &str,
+    ) -> DevicePair {
+        let _ = Command::new("ip").args(["link", "del", netdev]).status();
+        sh(&["ip", "link", "add", netdev, "type", "veth", "peer", "name", peer_netdev]);
+        for (nd, host) in [(netdev, 1), (peer_netdev, 2)] {
+            sh(&["sysctl", "-qw", &format!("net.ipv4.conf.{nd}.accept_local=1")]);
+            sh(&["ip", "addr", "add", &format!("{subnet}.{host}/24"), "dev", nd]);
+            sh(&["ip", "link", "set", nd, "up"]);
+        }
+        let pair = DevicePair { dev, netdev, peer_dev };
+        pair.add_server_device();
+        sh(&["rdma", "link", "add", peer_dev, "type", "rxe", "netdev", peer_netdev]);
+        pair
+    }
+
+    /// (Re-)adds the server's device.
+    pub fn add_server_device(&self) {
+        sh(&["rdma", "link", "add", self.dev, "type", "rxe", "netdev", self.netdev]);
+    }
+}
+
+impl Drop for DevicePair {
+    fn drop(&mut self) {
+        for dev in [self.dev, self.peer_dev] {
+            let _ = Command::new("rdma").args(["link", "delete", dev]).status();
+        }
+        let _ = Command::new("ip").args(["link", "del", self.netdev]).status();
+    }
+}

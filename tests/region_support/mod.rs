@@ -176,7 +176,7 @@ pub struct Peer {
 
 impl Peer {
     pub fn new(len: usize) -> Peer {
-        let pd = manager().protection_domain().clone();
+        let pd = manager().protection_domain().expect("the device is there");
         let cq = CompletionQueue::new(pd.context(), 64).unwrap();
         let (qa, qb) = QueuePair::loopback_pair(&pd, &cq, 1).unwrap();
         let buf = Arc::new(Mapping::anonymous(len).unwrap());

@@ -35,6 +35,13 @@ impl ManagerHandle {
         self.mgr.as_ref().expect("a live manager handle holds its manager")
     }
 
+    /// The manager's protection domain; `ENODEV` once its device was removed.
+    pub(crate) fn pd(&self) -> Result<Arc<ProtectionDomain>> {
+        self.mgr().protection_domain().ok_or_else(|| {
+            Fail::new(libc::ENODEV, format!("device {} was removed", self.mgr().device()))
+        })
+    }
+
     /// Runs `f` inside the manager's runtime (filemr's blocking calls may need it).
     pub(crate) fn enter<T>(&self, f: impl FnOnce() -> T) -> T {
         let _guard = self.rt.as_ref().map(Runtime::enter);
@@ -200,7 +207,7 @@ pub unsafe extern "C" fn filemr_manager_verbs(
 ) -> c_int {
     run("filemr_manager_verbs", || {
         let (_, h) = manager(m)?;
-        let p = h.mgr().protection_domain();
+        let p = h.pd()?;
         if !ctx.is_null() {
             put(ctx, "ctx", p.context().as_raw())?;
         }

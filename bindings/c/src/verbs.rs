@@ -58,9 +58,9 @@ pub unsafe extern "C" fn filemr_cq_adopt(
             FILEMR_CQ_SHARED => CqPolling::Shared,
             other => return Err(Fail::invalid(format!("polling {other} is not FILEMR_CQ_*"))),
         };
-        let ctx = h.mgr().protection_domain().context();
+        let pd = h.pd()?;
         // SAFETY: the caller keeps `cq` alive as documented above.
-        let adopted = unsafe { CompletionQueue::from_raw(ctx, cq, polling) }?;
+        let adopted = unsafe { CompletionQueue::from_raw(pd.context(), cq, polling) }?;
         put(out, "out", table::insert(Some(id), Object::Cq(adopted)))
     })
 }
@@ -156,7 +156,7 @@ pub unsafe extern "C" fn filemr_qp_adopt(
             return Err(Fail::invalid("the completion queue was adopted by another manager"));
         }
         // SAFETY: the caller keeps `qp` alive as documented above.
-        let adopted = unsafe { QueuePair::from_raw(h.mgr().protection_domain(), &cq, qp) }?;
+        let adopted = unsafe { QueuePair::from_raw(&h.pd()?, &cq, qp) }?;
         put(out, "out", table::insert(Some(id), Object::Qp(Arc::new(adopted))))
     })
 }
