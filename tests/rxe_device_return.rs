@@ -49,6 +49,8 @@ fn a_returned_device_gets_the_same_regions_back() {
     let regions: Vec<Region> =
         paths.iter().map(|p| mgr.register(p, 0, LEN, Access::ReadWrite).unwrap()).collect();
     let addrs: Vec<u64> = regions.iter().map(|r| r.info().addr).collect();
+    // (The listing sees them: the check at the end is not vacuous.)
+    assert!(ours_on_device("mr").len() >= 2, "{:?}", ours_on_device("mr"));
     let (qp, peer) = RemotePeer::connected_to(&mgr, PEER_DEV);
     let grants: Vec<_> = regions.iter().map(|r| r.grant(&qp).unwrap()).collect();
     let a = pattern(4096, 1);
@@ -113,6 +115,23 @@ fn a_returned_device_gets_the_same_regions_back() {
         let _ = std::fs::remove_file(p);
     }
     drop(mgr);
+    // Nothing of the process is left on the device: no memory region, no PD.
+    for kind in ["mr", "pd"] {
+        let left = ours_on_device(kind);
+        assert!(left.is_empty(), "{kind} left on {DEV}: {left:?}");
+    }
+}
+
+/// `rdma resource show <kind>` lines on `DEV`, which only this test uses, except the
+/// kernel's own (`comm [ib_core]`). (Not filtered by pid: the kernel records the creating
+/// thread's id, not the process's.)
+fn ours_on_device(kind: &str) -> Vec<String> {
+    let out = Command::new("rdma").args(["resource", "show", kind]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("dev {DEV} ")) && !l.contains("comm ["))
+        .map(String::from)
+        .collect()
 }
 
 /// Waits for an event of each region that `want` accepts, in any order.
