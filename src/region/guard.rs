@@ -1,18 +1,37 @@
-//! The guard word: a lock-free, allocation-free count of held I/O guards plus the
-//! revocation flags, packed into one `AtomicU64`.
+//! The guard word: a count of held I/O guards plus the revocation flags, taken without a
+//! lock, an allocation or (on the fast path) any atomic read-modify-write.
 //!
-//! Layout: two 30-bit guard counts (bits 0..30 and 30..60), a parity bit (60) saying
-//! which count the current generation uses, then *revoking* (61), *revoked* (62) and
-//! *lost* (63). Taking a guard is a load and one `fetch_add` on the current count;
-//! dropping it one `fetch_sub` on the count it was taken in: no lock, no allocation.
+//! **Fast path: per-thread slots and an asymmetric fence.** Each thread has a few slots,
+//! each a (word, generation) key and a count that only that thread writes. Taking a guard
+//! bumps the thread's slot count with a plain store, then (after a compiler fence only)
+//! loads the word's flags; dropping it is one store. A revoker sets *revoking*, then calls
+//! `membarrier` (private expedited), which makes every running thread execute a full
+//! barrier: afterwards a guard taken before the flag was seen is visible in its thread's
+//! slot, and one taken after sees the flag and backs out. The revoker sums the slots of
+//! every thread (held is a scan, rare) plus the shared fallback count below. This is the
+//! userspace-RCU scheme; it needs `membarrier` (Linux 4.14), and guards are not `Send`
+//! (a slot belongs to its thread).
 //!
-//! A forced revocation deregisters while guards are still held; it then flips the parity,
-//! so the next generation's guards are counted apart and the stale guards' later drops do
-//! not disturb them. (Only a second forced revocation while stale guards of two
-//! generations ago are still held would count those again: it waits for them until its
-//! deadline, which is conservative, never unsafe.)
+//! **Fallback: the shared word.** Layout: two 30-bit guard counts (bits 0..30 and 30..60),
+//! a parity bit (60) saying which count the current generation uses, then *revoking*
+//! (61), *revoked* (62) and *lost* (63). Without `membarrier`, for a thread whose slots
+//! are all taken, or while its thread-local storage is being torn down, a guard is a
+//! `fetch_add` on the current count and a `fetch_sub` when dropped.
+//!
+//! A forced revocation deregisters while guards are still held; it then flips the parity
+//! (the generation), so the next generation's guards are counted apart (other slots, the
+//! other half of the word) and the stale guards' later drops do not disturb them. (Only a
+//! second forced revocation while stale guards of two generations ago are still held would
+//! count those again: it waits for them until its deadline, which is conservative, never
+//! unsafe.)
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::Cell;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, compiler_fence};
+
+use parking_lot::Mutex;
+
+use crate::sys::membarrier;
 
 const HALF_BITS: u32 = 30;
 const COUNT_MASK: u64 = (1 << HALF_BITS) - 1;
@@ -21,6 +40,8 @@ const REVOKING: u64 = 1 << 61;
 const REVOKED: u64 = 1 << 62;
 const LOST: u64 = 1 << 63;
 const FLAGS: u64 = REVOKING | REVOKED | LOST;
+/// Both halves' counts.
+const COUNTS: u64 = (1 << (2 * HALF_BITS)) - 1;
 /// More guards than this at once are refused (a count must never reach the next field).
 const MAX_GUARDS: u64 = 1 << 29;
 
@@ -56,20 +77,105 @@ pub struct GuardWord {
 struct Padded(AtomicU64);
 
 /// An I/O guard: while it lives, the region it was taken from is not revoked (until
-/// the lease's deadline forces it). Dropping it is one atomic decrement.
+/// the lease's deadline forces it). Dropping it is one store (or one atomic decrement on
+/// the fallback path). Not `Send`: it is counted in its thread's slot.
 #[derive(Debug)]
 #[must_use = "the guard protects the region only while it is held"]
 pub struct Guard<'a> {
     word: &'a GuardWord,
-    /// 1 shifted to the count this guard was taken in.
-    one: u64,
+    how: Held,
+    _thread: PhantomData<*const ()>,
+}
+
+#[derive(Debug)]
+enum Held {
+    /// In this thread's slot.
+    Slot(&'static Slots, usize),
+    /// In the word's count: 1 shifted to the count it was taken in.
+    Word(u64),
 }
 
 impl Drop for Guard<'_> {
     #[inline]
     fn drop(&mut self) {
-        self.word.word.fetch_sub(self.one, Ordering::Release);
+        match self.how {
+            Held::Slot(slots, i) => {
+                let c = &slots.count[i];
+                // Release: the guarded work happens before a revoker sees the count drop.
+                c.store(c.load(Ordering::Relaxed) - 1, Ordering::Release);
+            }
+            Held::Word(one) => {
+                self.word.word.fetch_sub(one, Ordering::Release);
+            }
+        }
     }
+}
+
+/// One thread's slots. `key` is the word's address with its generation (parity) in bit 0;
+/// only the owning thread writes `key` and `count`. Never freed: a thread that ends gives
+/// its slots back (`owned` false) for the next thread, unless a count is still up.
+#[derive(Debug, Default)]
+struct Slots {
+    key: [AtomicUsize; SLOTS],
+    count: [AtomicUsize; SLOTS],
+    owned: AtomicBool,
+}
+
+/// Every thread's slots, ever (what a revoker scans; bounded by the most threads alive at
+/// once).
+static THREADS: Mutex<Vec<&'static Slots>> = Mutex::new(Vec::new());
+
+thread_local! {
+    static LOCAL: Cell<Option<&'static Slots>> = const { Cell::new(None) };
+    static RETURN: ReturnOnExit = const { ReturnOnExit(Cell::new(None)) };
+}
+
+/// Gives the thread's slots back when it ends.
+struct ReturnOnExit(Cell<Option<&'static Slots>>);
+
+impl Drop for ReturnOnExit {
+    fn drop(&mut self) {
+        if let Some(slots) = self.0.get() {
+            let _ = LOCAL.try_with(|l| l.set(None));
+            if slots.count.iter().all(|c| c.load(Ordering::Acquire) == 0) {
+                slots.owned.store(false, Ordering::Release);
+            }
+        }
+    }
+}
+
+/// This thread's slots: a thread-local load once assigned; `None` while thread-local
+/// storage is being torn down.
+#[inline]
+fn local_slots() -> Option<&'static Slots> {
+    match LOCAL.try_with(Cell::get) {
+        Ok(Some(slots)) => Some(slots),
+        Ok(None) => assign_slots(),
+        Err(_) => None,
+    }
+}
+
+#[cold]
+fn assign_slots() -> Option<&'static Slots> {
+    let mut all = THREADS.lock();
+    let free = all.iter().copied().find(|s| {
+        s.owned.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+    });
+    let slots = free.unwrap_or_else(|| {
+        let s: &'static Slots = Box::leak(Box::default());
+        s.owned.store(true, Ordering::Relaxed);
+        all.push(s);
+        s
+    });
+    drop(all);
+    RETURN.try_with(|r| r.0.set(Some(slots))).ok()?;
+    LOCAL.try_with(|l| l.set(Some(slots))).ok()?;
+    Some(slots)
+}
+
+/// Whether guards take the fast path (`membarrier` private expedited is available).
+pub fn fast_guards() -> bool {
+    membarrier::available()
 }
 
 #[inline]
@@ -77,16 +183,52 @@ fn shift(word: u64) -> u32 {
     if word & PARITY != 0 { HALF_BITS } else { 0 }
 }
 
+/// Slots per thread: guards on this many (word, generation) pairs at once take the fast
+/// path.
+const SLOTS: usize = 8;
+
 impl GuardWord {
     /// A word with no guard held and no flag set.
     pub const fn new() -> GuardWord {
         GuardWord { word: AtomicU64::new(0), parity: Padded(AtomicU64::new(0)) }
     }
 
-    /// Takes a guard: one `fetch_add` (plus a load of the read-mostly parity), no lock,
-    /// no allocation.
+    /// Takes a guard: on the fast path a slot store and a load (see the module
+    /// documentation), no lock, no allocation, no atomic read-modify-write.
     #[inline]
     pub fn guard(&self) -> Result<Guard<'_>, GuardError> {
+        if let Some(slots) = local_slots().filter(|_| membarrier::available()) {
+            let parity = self.parity.0.load(Ordering::Relaxed);
+            let key = self as *const GuardWord as usize | (parity != 0) as usize;
+            if let Some(i) = free_or_own(slots, key) {
+                let c = &slots.count[i];
+                let n = c.load(Ordering::Relaxed);
+                if n == 0 {
+                    slots.key[i].store(key, Ordering::Relaxed);
+                }
+                c.store(n + 1, Ordering::Relaxed);
+                // The revoker's membarrier is the hardware half of this fence.
+                compiler_fence(Ordering::SeqCst);
+                let w = self.word.load(Ordering::Acquire);
+                if w & (FLAGS | PARITY) == parity {
+                    return Ok(Guard {
+                        word: self,
+                        how: Held::Slot(slots, i),
+                        _thread: PhantomData,
+                    });
+                }
+                c.store(n, Ordering::Release);
+                if let Some(e) = refusal(w & !COUNTS) {
+                    return Err(e);
+                }
+                // The generation changed between the loads: the shared path sorts it out.
+            }
+        }
+        self.guard_on_word()
+    }
+
+    /// The fallback: a `fetch_add` on the word's current count.
+    fn guard_on_word(&self) -> Result<Guard<'_>, GuardError> {
         loop {
             let seen = self.parity.0.load(Ordering::Relaxed);
             let one = 1u64 << shift(seen);
@@ -94,7 +236,7 @@ impl GuardWord {
             if prev & (FLAGS | PARITY) == seen & PARITY
                 && (prev >> shift(prev)) & COUNT_MASK < MAX_GUARDS
             {
-                return Ok(Guard { word: self, one });
+                return Ok(Guard { word: self, how: Held::Word(one), _thread: PhantomData });
             }
             self.word.fetch_sub(one, Ordering::Release);
             if let Some(e) = refusal(prev) {
@@ -104,16 +246,24 @@ impl GuardWord {
         }
     }
 
-    /// Guards held now in the current generation.
+    /// Guards held now in the current generation: the word's count plus every thread's
+    /// slots for this word (a scan of all threads: for revokers and reports, not hot
+    /// paths).
     pub fn held(&self) -> u64 {
         let w = self.word.load(Ordering::Acquire);
-        (w >> shift(w)) & COUNT_MASK
+        let key = self as *const GuardWord as usize | ((w & PARITY) != 0) as usize;
+        ((w >> shift(w)) & COUNT_MASK) + in_slots(key)
     }
 
     /// Sets *revoking*. Returns false if the word was already revoking, revoked or lost
     /// (someone else owns this revocation).
     pub fn start_revoke(&self) -> bool {
-        self.word.fetch_or(REVOKING, Ordering::AcqRel) & FLAGS == 0
+        let owned = self.word.fetch_or(REVOKING, Ordering::SeqCst) & FLAGS == 0;
+        // Every thread now either sees *revoking* or has its guard visible in its slot.
+        if membarrier::available() {
+            membarrier::barrier();
+        }
+        owned
     }
 
     /// Ends a revocation: sets *revoked*, clears *revoking*, and flips the parity so the
@@ -126,7 +276,8 @@ impl GuardWord {
                 Ok(_) => {
                     // Published before `reopen` lets guards in again.
                     self.parity.0.store(new & PARITY, Ordering::Release);
-                    return (cur >> shift(cur)) & COUNT_MASK;
+                    let key = self as *const GuardWord as usize | ((cur & PARITY) != 0) as usize;
+                    return ((cur >> shift(cur)) & COUNT_MASK) + in_slots(key);
                 }
                 Err(v) => cur = v,
             }
@@ -169,6 +320,32 @@ impl GuardWord {
     pub fn is_lost(&self) -> bool {
         self.word.load(Ordering::Acquire) & LOST != 0
     }
+}
+
+/// Guards counted in every thread's slots under `key`.
+fn in_slots(key: usize) -> u64 {
+    THREADS
+        .lock()
+        .iter()
+        .flat_map(|s| (0..SLOTS).map(move |i| (s, i)))
+        .filter(|(s, i)| s.key[*i].load(Ordering::Acquire) == key)
+        .map(|(s, i)| s.count[i].load(Ordering::Acquire) as u64)
+        .sum()
+}
+
+/// The slot of this thread holding `key`, or a free one.
+#[inline]
+fn free_or_own(slots: &Slots, key: usize) -> Option<usize> {
+    let mut free = None;
+    for i in 0..SLOTS {
+        if slots.key[i].load(Ordering::Relaxed) == key {
+            return Some(i);
+        }
+        if free.is_none() && slots.count[i].load(Ordering::Relaxed) == 0 {
+            free = Some(i);
+        }
+    }
+    free
 }
 
 fn refusal(word: u64) -> Option<GuardError> {
@@ -272,5 +449,81 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(w.held(), 0);
+    }
+
+    #[test]
+    fn a_guard_on_another_thread_is_waited_for() {
+        let w = std::sync::Arc::new(GuardWord::new());
+        let (took, release) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+        let holder = {
+            let w = w.clone();
+            let (took, release) = (took.0, release.1);
+            std::thread::spawn(move || {
+                let g = w.guard().unwrap();
+                took.send(()).unwrap();
+                release.recv().unwrap();
+                drop(g);
+            })
+        };
+        took.1.recv().unwrap();
+        assert!(w.start_revoke());
+        assert_eq!(w.held(), 1, "the other thread's guard is counted");
+        assert_eq!(w.guard().unwrap_err(), GuardError::Revoking);
+        release.0.send(()).unwrap();
+        holder.join().unwrap();
+        assert_eq!(w.held(), 0);
+    }
+
+    #[test]
+    fn more_words_than_slots_fall_back_to_the_shared_count() {
+        let words: Vec<GuardWord> = (0..SLOTS + 3).map(|_| GuardWord::new()).collect();
+        let guards: Vec<_> = words.iter().map(|w| w.guard().unwrap()).collect();
+        assert!(words.iter().all(|w| w.held() == 1));
+        assert!(words[SLOTS + 2].start_revoke());
+        assert_eq!(words[SLOTS + 2].held(), 1);
+        drop(guards);
+        assert!(words.iter().all(|w| w.held() == 0));
+    }
+
+    /// Readers take and drop guards in a loop while a revoker starts a revocation and
+    /// waits for the guards it sees: no reader may hold a guard once the revoker is done.
+    #[test]
+    fn no_guard_outlives_the_revokers_wait() {
+        use std::sync::atomic::AtomicBool;
+        for _ in 0..20 {
+            let w = std::sync::Arc::new(GuardWord::new());
+            let (done, stop) = (
+                std::sync::Arc::new(AtomicBool::new(false)),
+                std::sync::Arc::new(AtomicBool::new(false)),
+            );
+            let readers: Vec<_> = (0..3)
+                .map(|_| {
+                    let (w, done, stop) = (w.clone(), done.clone(), stop.clone());
+                    std::thread::spawn(move || {
+                        let mut late = 0;
+                        while !stop.load(Ordering::SeqCst) {
+                            if let Ok(g) = w.guard() {
+                                std::hint::spin_loop();
+                                if done.load(Ordering::SeqCst) {
+                                    late += 1;
+                                }
+                                drop(g);
+                            }
+                        }
+                        late
+                    })
+                })
+                .collect();
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            assert!(w.start_revoke());
+            while w.held() > 0 {
+                std::hint::spin_loop();
+            }
+            done.store(true, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            stop.store(true, Ordering::SeqCst);
+            let late: u32 = readers.into_iter().map(|r| r.join().unwrap()).sum();
+            assert_eq!(late, 0, "guards held after the revoker saw none");
+        }
     }
 }

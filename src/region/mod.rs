@@ -28,7 +28,7 @@ mod strategy;
 pub use config::{Access, ManagerConfig, RevocationMode};
 pub use error::RegionError;
 pub use event::{LostReason, RegionEvent, RegionEventKind, RegionEvents, RevokeReason};
-pub use guard::{Guard, GuardError, GuardWord};
+pub use guard::{Guard, GuardError, GuardWord, fast_guards};
 pub use handle::{GuardResult, Region, RegionInfo};
 pub use manager::Manager;
 pub use state::RegionState;

@@ -10,5 +10,6 @@ pub use mapping::{AddressReservation, Mapping, Protection, page_offset, page_siz
 pub(crate) mod lease;
 #[doc(hidden)]
 pub mod lease_baseline;
+pub(crate) mod membarrier;
 pub(crate) mod reactor;
 pub(crate) mod signal;
