@@ -149,14 +149,26 @@ impl Drop for ReturnOnExit {
 #[inline]
 fn local_slots() -> Option<&'static Slots> {
     match LOCAL.try_with(Cell::get) {
-        Ok(Some(slots)) => Some(slots),
+        Ok(Some(slots)) if !std::ptr::eq(slots, &NO_FAST_PATH) => Some(slots),
+        Ok(Some(_)) | Err(_) => None,
         Ok(None) => assign_slots(),
-        Err(_) => None,
     }
 }
 
+/// What a thread's slots are set to when the process has no `membarrier`: the shared
+/// word then (one thread-local load decides, no check of `membarrier` per guard).
+static NO_FAST_PATH: Slots = Slots {
+    key: [const { AtomicUsize::new(0) }; SLOTS],
+    count: [const { AtomicUsize::new(0) }; SLOTS],
+    owned: AtomicBool::new(true),
+};
+
 #[cold]
 fn assign_slots() -> Option<&'static Slots> {
+    if !membarrier::available() {
+        let _ = LOCAL.try_with(|l| l.set(Some(&NO_FAST_PATH)));
+        return None;
+    }
     let mut all = THREADS.lock();
     let free = all.iter().copied().find(|s| {
         s.owned.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed).is_ok()
@@ -197,7 +209,7 @@ impl GuardWord {
     /// documentation), no lock, no allocation, no atomic read-modify-write.
     #[inline]
     pub fn guard(&self) -> Result<Guard<'_>, GuardError> {
-        if let Some(slots) = local_slots().filter(|_| membarrier::available()) {
+        if let Some(slots) = local_slots() {
             let parity = self.parity.0.load(Ordering::Relaxed);
             let key = self as *const GuardWord as usize | (parity != 0) as usize;
             if let Some(i) = free_or_own(slots, key) {
