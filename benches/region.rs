@@ -10,6 +10,9 @@
 //! `rxe0`) and `FILEMR_PAGECACHE_DIR` (default the temp dir); without the device they
 //! print why they are skipped.
 
+#[path = "support/revocation.rs"]
+mod support;
+
 use std::hint::black_box;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -283,95 +286,13 @@ pub fn rebuild_in(rt: &tokio::runtime::Runtime, mgr: &Manager, d: &Path) -> Stri
     )
 }
 
-/// The breaker of the revocation lines, in a process of its own: reads a path per line,
-/// opens it for writing (which blocks until the lease holder lets go), and answers with
-/// how long the open took in ns.
-fn blocking_breaker_main() {
-    use std::io::{BufRead, Write};
-    let mut out = std::io::stdout().lock();
-    for line in std::io::stdin().lock().lines() {
-        let path = PathBuf::from(line.unwrap());
-        let t = Instant::now();
-        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        let ns = t.elapsed().as_nanos();
-        drop(f);
-        writeln!(out, "{ns}").unwrap();
-        out.flush().unwrap();
-    }
-}
-
-/// A [`blocking_breaker_main`] process.
-struct BlockingBreaker {
-    child: std::process::Child,
-    tx: std::process::ChildStdin,
-    rx: std::io::BufReader<std::process::ChildStdout>,
-}
-
-impl BlockingBreaker {
-    fn spawn() -> BlockingBreaker {
-        use std::process::Stdio;
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .env("FILEMR_BENCH_ROLE", "blocking-breaker")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let tx = child.stdin.take().unwrap();
-        let rx = std::io::BufReader::new(child.stdout.take().unwrap());
-        BlockingBreaker { child, tx, rx }
-    }
-
-    /// Asks for an open of `path`, without waiting.
-    fn send(&mut self, path: &Path) {
-        use std::io::Write;
-        writeln!(self.tx, "{}", path.display()).unwrap();
-        self.tx.flush().unwrap();
-    }
-
-    /// How long the open took.
-    fn blocked(&mut self) -> Duration {
-        use std::io::BufRead;
-        let mut l = String::new();
-        self.rx.read_line(&mut l).unwrap();
-        Duration::from_nanos(l.trim().parse().unwrap())
-    }
-}
-
-impl Drop for BlockingBreaker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The bare baseline of the revocation lines: a write lease held with `fcntl`, its break
-/// taken with `sigwaitinfo` and released with `F_UNLCK` at once, as the breaker's open
-/// sees it (median over `iters`). `sig` is blocked in every thread.
-fn bare_revocation(path: &Path, sig: i32, br: &mut BlockingBreaker, iters: usize) -> f64 {
-    use filemr::sys::lease_baseline as bare;
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
-    let mut samples = Vec::new();
-    for _ in 0..iters {
-        bare::setsig(f.as_fd(), sig).unwrap();
-        // The breaker's previous open may still be closing: retry until the lease is ours.
-        while bare::setlease(f.as_fd(), true).is_err() {
-            std::thread::yield_now();
-        }
-        br.send(path);
-        bare::wait_fd(sig).unwrap();
-        bare::setlease(f.as_fd(), false).unwrap();
-        samples.push(br.blocked().as_secs_f64());
-    }
-    median(samples)
-}
-
 pub fn revocation_in(rt: &tokio::runtime::Runtime, mgr: &Manager, d: &Path) -> Vec<String> {
     let mut out = Vec::new();
-    let mut br = BlockingBreaker::spawn();
+    let mut br = support::BlockingBreaker::spawn();
     let bare_path = file(d, "bare", 0, 4096);
     // A real-time signal of its own (the manager's engine uses another), blocked in every
     // thread by `main` before any thread existed; `sigwaitinfo` takes it here.
-    let sig = bare_signal();
+    let sig = support::bare_signal();
     const SZ: usize = 4096;
     for n in [1usize, 100, 10_000] {
         let files = n.div_ceil(100).max(1);
@@ -416,7 +337,8 @@ pub fn revocation_in(rt: &tokio::runtime::Runtime, mgr: &Manager, d: &Path) -> V
                 }
             });
         }
-        let (ours, theirs) = (median(blocked), bare_revocation(&bare_path, sig, &mut br, 20));
+        let (ours, theirs) =
+            (median(blocked), support::bare_revocation(&bare_path, sig, &mut br, 20));
         out.push(format!(
             "revocation of 1 idle region with {n} registered: the breaker's open blocked {:.3} ms \
              (filemr's own break -> release {:.3} ms); bare fcntl+sigwaitinfo+F_UNLCK {:.3} ms; \
@@ -436,19 +358,14 @@ pub fn revocation_in(rt: &tokio::runtime::Runtime, mgr: &Manager, d: &Path) -> V
     out
 }
 
-/// The bare revocation baseline's signal.
-fn bare_signal() -> i32 {
-    libc::SIGRTMIN() + 9
-}
-
 #[allow(dead_code)]
 fn main() {
-    if std::env::var("FILEMR_BENCH_ROLE").as_deref() == Ok("blocking-breaker") {
-        return blocking_breaker_main();
+    if support::breaker_role() {
+        return;
     }
     // Before any other thread exists, so every later thread inherits the mask (a lease
     // signal delivered to a thread that does not block it would kill the process).
-    filemr::sys::lease_baseline::block(bare_signal()).unwrap();
+    filemr::sys::lease_baseline::block(support::bare_signal()).unwrap();
     println!("{}", guard_vs_mutex());
     let device = std::env::var("FILEMR_RXE_DEVICE").unwrap_or_else(|_| "rxe0".into());
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
