@@ -194,6 +194,7 @@ impl Grant {
         let g = &self.shared;
         let mut slot = self.region.slot.lock();
         let mut c = g.cell.lock();
+        let late = c.state == GrantState::Retargeted;
         let when = match (c.state, c.recalled_at.take()) {
             (GrantState::Active | GrantState::Recalled, Some(at)) => {
                 self.mgr.grant_metrics.recall_seconds.observe(at.elapsed().as_secs_f64());
@@ -216,7 +217,7 @@ impl Grant {
         // is already rebuilt is rebound here (nothing else would).
         let mut available = None;
         let rebuilt = slot.live.as_ref().filter(|_| slot.info.state == RegionState::Registered);
-        if let Some(built) = rebuilt.filter(|_| when == "late" && c.state == GrantState::Returned) {
+        if let Some(built) = rebuilt.filter(|_| late && c.state == GrantState::Returned) {
             (c.len, c.generation) = (slot.info.len, slot.info.generation);
             match g.bind(&mut c, &built.mr, Binding::Region) {
                 Ok(()) => {
@@ -236,7 +237,7 @@ impl Grant {
         if let Some((generation, len)) = available {
             self.region
                 .emit(&self.mgr, RegionEventKind::Available { grant: g.id, generation, len });
-        } else if fenced && when == "late" {
+        } else if fenced && late {
             self.mgr.grant_metrics.fenced.inc();
             self.region.emit(&self.mgr, RegionEventKind::Fenced { grant: g.id });
         }

@@ -635,6 +635,15 @@ impl Server {
         self.drop_layout(layout);
     }
 
+    /// Tells the holders of every layout of `region` it is lost (`code`) and drops them.
+    fn lose_region(&mut self, region: u64, code: LostCode) {
+        let gone: Vec<u64> =
+            self.layouts.iter().filter(|(_, h)| h.region.id() == region).map(|(l, _)| *l).collect();
+        for l in gone {
+            self.lose(l, code);
+        }
+    }
+
     fn on_region_event(&mut self, region: u64, kind: RegionEventKind) {
         if self.layouts.values().any(|h| h.region.id() == region) {
             match &kind {
@@ -665,28 +674,16 @@ impl Server {
                 // A fenced grant is never rebound: the layout is over.
                 self.lose(grant, LostCode::Revoked);
             }
-            // Either way the region's layouts are over (a suspended region comes back with
-            // new keys: its peers ask again).
-            RegionEventKind::Suspended { .. } | RegionEventKind::Lost { .. } => {
-                let code = match kind {
-                    RegionEventKind::Suspended { .. } => LostCode::DeviceGone,
-                    RegionEventKind::Lost { reason } => match reason {
-                        LostReason::CommitFailed(_) => LostCode::CommitFailed,
-                        LostReason::DeviceGone { .. } => LostCode::DeviceGone,
-                        LostReason::Shrunk { .. } | LostReason::LeaseGone(_) => LostCode::FileGone,
-                        _ => LostCode::Other,
-                    },
+            // A suspended region comes back with new keys: its peers ask again.
+            RegionEventKind::Suspended { .. } => self.lose_region(region, LostCode::DeviceGone),
+            RegionEventKind::Lost { reason } => {
+                let code = match reason {
+                    LostReason::CommitFailed(_) => LostCode::CommitFailed,
+                    LostReason::DeviceGone { .. } => LostCode::DeviceGone,
+                    LostReason::Shrunk { .. } | LostReason::LeaseGone(_) => LostCode::FileGone,
                     _ => LostCode::Other,
                 };
-                let gone: Vec<u64> = self
-                    .layouts
-                    .iter()
-                    .filter(|(_, h)| h.region.id() == region)
-                    .map(|(l, _)| *l)
-                    .collect();
-                for l in gone {
-                    self.lose(l, code);
-                }
+                self.lose_region(region, code);
             }
             _ => {}
         }

@@ -17,8 +17,10 @@
 //!
 //! Lease back ([`rebuild_file`]): 8. **rebuild** each revoked region at its old addresses
 //! (`Rebuilt`) and **rebind** returned grants with their old keys (`Available`);
-//! retargeted grants stay on scratch until their peers return them (late), and are rebound
-//! then ([`Grant::returned`](crate::grant::Grant::returned)). Lease gone ([`lose_file`]): every region is `Lost`.
+//! retargeted grants stay on scratch until their peers return them (late), and are
+//! rebound then ([`Grant::returned`](crate::grant::Grant::returned)). Lease gone
+//! ([`lose_file`]): every region is `Lost`. Device gone: every region is lost
+//! ([`lose_all`]) or suspended until it is back ([`suspend_all`], then [`rebuild_file`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -395,8 +397,7 @@ pub(crate) fn lose_file(mgr: &Arc<ManagerInner>, file: FileId, reason: LostReaso
 /// ODP region's addresses held), and it waits, revoked and suspended, for the device.
 /// Leases are kept: the files stay the regions' own meanwhile.
 pub(crate) fn suspend_all(mgr: &Arc<ManagerInner>, device: &str) {
-    let files: Vec<FileId> = mgr.files.lock().keys().copied().collect();
-    for file in files {
+    for file in mgr.file_ids() {
         let lock = mgr.file_lock(file);
         let _serial = lock.blocking_lock();
         for r in mgr.regions_of(file) {
@@ -429,8 +430,7 @@ pub(crate) fn suspend_all(mgr: &Arc<ManagerInner>, device: &str) {
 
 /// Every region of the manager is lost for `reason` (the device is gone).
 pub(crate) fn lose_all(mgr: &Arc<ManagerInner>, reason: LostReason) {
-    let files: Vec<FileId> = mgr.files.lock().keys().copied().collect();
-    for file in files {
+    for file in mgr.file_ids() {
         lose_file(mgr, file, reason.clone());
     }
 }

@@ -211,7 +211,7 @@ impl GuardWord {
     pub fn guard(&self) -> Result<Guard<'_>, GuardError> {
         if let Some(slots) = local_slots() {
             let parity = self.parity.0.load(Ordering::Relaxed);
-            let key = self as *const GuardWord as usize | (parity != 0) as usize;
+            let key = self.slot_key(parity);
             if let Some(i) = free_or_own(slots, key) {
                 let c = &slots.count[i];
                 let n = c.load(Ordering::Relaxed);
@@ -239,6 +239,13 @@ impl GuardWord {
         self.guard_on_word()
     }
 
+    /// This word's slot key in the generation of `word` (its parity bit): the address,
+    /// with the generation in bit 0 (a word is 64-byte aligned).
+    #[inline]
+    fn slot_key(&self, word: u64) -> usize {
+        self as *const GuardWord as usize | (word & PARITY != 0) as usize
+    }
+
     /// The fallback: a `fetch_add` on the word's current count.
     fn guard_on_word(&self) -> Result<Guard<'_>, GuardError> {
         loop {
@@ -263,8 +270,7 @@ impl GuardWord {
     /// paths).
     pub fn held(&self) -> u64 {
         let w = self.word.load(Ordering::Acquire);
-        let key = self as *const GuardWord as usize | ((w & PARITY) != 0) as usize;
-        ((w >> shift(w)) & COUNT_MASK) + in_slots(key)
+        ((w >> shift(w)) & COUNT_MASK) + in_slots(self.slot_key(w))
     }
 
     /// Sets *revoking*. Returns false if the word was already revoking, revoked or lost
@@ -288,8 +294,7 @@ impl GuardWord {
                 Ok(_) => {
                     // Published before `reopen` lets guards in again.
                     self.parity.0.store(new & PARITY, Ordering::Release);
-                    let key = self as *const GuardWord as usize | ((cur & PARITY) != 0) as usize;
-                    return ((cur >> shift(cur)) & COUNT_MASK) + in_slots(key);
+                    return ((cur >> shift(cur)) & COUNT_MASK) + in_slots(self.slot_key(cur));
                 }
                 Err(v) => cur = v,
             }

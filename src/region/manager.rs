@@ -33,9 +33,10 @@ pub(crate) struct ManagerInner {
     /// The protection domain regions are registered in; `None` while the device is gone
     /// and the regions are suspended (`ManagerConfig::resume_on_device_return`).
     pd: parking_lot::RwLock<Option<Arc<ProtectionDomain>>>,
-    /// The manager opened its device itself (`Manager::new`), so it may close and reopen
-    /// it; not when it works over an application's protection domain.
-    owns_device: AtomicBool,
+    /// Regions are suspended, not lost, when the device goes, and rebuilt when it is back:
+    /// `ManagerConfig::resume_on_device_return` on a manager that opened its device itself
+    /// (`Manager::new`; one over an application's protection domain cannot reopen it).
+    resumes: bool,
     pub(crate) odp: OdpCaps,
     decisions: Mutex<HashMap<(u64, Access), Decision>>,
     pub(crate) files: Mutex<HashMap<FileId, Vec<Weak<RegionShared>>>>,
@@ -51,7 +52,7 @@ pub(crate) struct ManagerInner {
     pub(crate) next_id: AtomicU64,
     /// Locked bytes the regions may hold (`ManagerConfig::memlock_budget`).
     budget: Arc<MemlockBudget>,
-    /// The device was removed: every region is lost, registrations are refused.
+    /// The device is gone: every region is lost or suspended, registrations are refused.
     pub(crate) device_lost: AtomicBool,
     /// Serialises staging write-backs of one file (striped by file): a write-back merges
     /// over the file's current bytes, so two regions of a file must not interleave.
@@ -110,9 +111,7 @@ impl Manager {
             }
         };
         let pd = ProtectionDomain::new(&ctx).map_err(device)?;
-        let mgr = Manager::with_protection_domain(cfg, pd, registry)?;
-        mgr.inner.owns_device.store(true, Ordering::Release);
-        Ok(mgr)
+        Manager::start(cfg, pd, registry, true)
     }
 
     /// A manager over the application's own protection domain (and so its device
@@ -123,9 +122,19 @@ impl Manager {
     /// has the ownership rules. `cfg.device` is replaced by the name of `pd`'s device.
     /// Must be called inside a tokio runtime.
     pub fn with_protection_domain(
+        cfg: ManagerConfig,
+        pd: Arc<ProtectionDomain>,
+        registry: &mut Registry,
+    ) -> Result<Manager, RegionError> {
+        Manager::start(cfg, pd, registry, false)
+    }
+
+    /// Both constructors: `owns_device` when the manager opened the device itself.
+    fn start(
         mut cfg: ManagerConfig,
         pd: Arc<ProtectionDomain>,
         registry: &mut Registry,
+        owns_device: bool,
     ) -> Result<Manager, RegionError> {
         let rt = tokio::runtime::Handle::try_current().map_err(|_| RegionError::NoRuntime)?;
         cfg.device = pd.context().name().to_string();
@@ -145,11 +154,12 @@ impl Manager {
         let (events, _) = broadcast::channel(cfg.event_capacity.max(16));
         let budget = MemlockBudget::new(cfg.memlock_budget);
         let revocation = Mutex::new(cfg.revocation);
+        let resumes = owns_device && cfg.resume_on_device_return;
         let inner = Arc::new(ManagerInner {
             cfg,
             engine,
             pd: parking_lot::RwLock::new(Some(pd)),
-            owns_device: AtomicBool::new(false),
+            resumes,
             odp,
             decisions: Mutex::new(HashMap::new()),
             files: Mutex::new(HashMap::new()),
@@ -190,8 +200,9 @@ impl Manager {
         self.inner.pd.read().clone()
     }
 
-    /// Whether the device was removed (every region was lost; drop the manager so the
-    /// removal can finish).
+    /// Whether the device is gone: every region was lost (drop the manager so the removal
+    /// can finish) or, with `ManagerConfig::resume_on_device_return`, is suspended until
+    /// the device is back (then this turns false again).
     pub fn device_lost(&self) -> bool {
         self.inner.device_lost.load(Ordering::Acquire)
     }
@@ -456,7 +467,7 @@ impl ManagerInner {
             source: crate::verbs::VerbsError::new(
                 "ibv_get_device_list",
                 Errno::ENODEV,
-                if self.owns_device.load(Ordering::Acquire) && self.cfg.resume_on_device_return {
+                if self.resumes {
                     "the device was removed: the regions are suspended until it comes back"
                 } else {
                     "the device was removed: drop this manager and make a new one"
@@ -468,6 +479,11 @@ impl ManagerInner {
     /// Whether a revocation of `file` is under way (one of its regions is revoking).
     pub(crate) fn revoking(&self, file: FileId) -> bool {
         self.regions_of(file).iter().any(|r| r.slot.lock().info.state == RegionState::Revoking)
+    }
+
+    /// The files that have regions.
+    pub(crate) fn file_ids(&self) -> Vec<FileId> {
+        self.files.lock().keys().copied().collect()
     }
 
     /// The live regions of `file`.
@@ -552,8 +568,7 @@ async fn watch_device(weak: Weak<ManagerInner>) {
         let lost = inner.device_lost.load(Ordering::Acquire);
         match (lost, device_present(&device).await) {
             (false, Some(false)) => {
-                let resume =
-                    inner.cfg.resume_on_device_return && inner.owns_device.load(Ordering::Acquire);
+                let resume = inner.resumes;
                 inner.device_lost.store(true, Ordering::Release);
                 let m = inner.clone();
                 let _ = tokio::task::spawn_blocking(move || {
@@ -596,8 +611,7 @@ impl ManagerInner {
         }
         self.device_lost.store(false, Ordering::Release);
         tracing::info!(%device, "the RDMA device is back: rebuilding the suspended regions");
-        let files: Vec<FileId> = self.files.lock().keys().copied().collect();
-        for file in files {
+        for file in self.file_ids() {
             super::flow::rebuild_file(self, file);
         }
     }

@@ -324,43 +324,6 @@ impl Mapping {
         }
     }
 
-    /// `pwrite(2)` of `n` bytes of the mapping at `off` straight to `fd` at `file_off`
-    /// (one copy), all of them (short writes continue).
-    pub fn pwrite_from(
-        &self,
-        off: usize,
-        n: usize,
-        fd: BorrowedFd<'_>,
-        file_off: u64,
-    ) -> SysResult<()> {
-        self.check(off, n, "pwrite")?;
-        let mut done = 0;
-        while done < n {
-            let at = file_off
-                .checked_add(done as u64)
-                .and_then(|a| libc::off_t::try_from(a).ok())
-                .ok_or_else(|| {
-                    SysError::new("pwrite", Errno::EINVAL, format!("offset {file_off}"))
-                })?;
-            // SAFETY: `off + done..off + n` is inside the mapping (checked); the kernel only
-            // reads it.
-            let put = unsafe {
-                libc::pwrite(fd.as_raw_fd(), self.as_ptr().add(off + done).cast(), n - done, at)
-            };
-            match Errno::result(put) {
-                Ok(0) => {
-                    return Err(SysError::new("pwrite", Errno::EIO, "wrote 0 bytes".to_string()));
-                }
-                Ok(put) => done += put as usize,
-                Err(Errno::EINTR) => {}
-                Err(e) => {
-                    return Err(SysError::new("pwrite", e, format!("{n} bytes at {file_off}")));
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// `msync(MS_SYNC)` the whole mapping: file data written through it reaches the file.
     pub fn sync(&self) -> SysResult<()> {
         self.sync_range(0, self.len)

@@ -332,8 +332,8 @@ impl QueuePair {
     ) -> VerbsResult<()> {
         use ffi::ibv_qp_attr_mask as M;
         use ffi::ibv_qp_state as S;
-        // Outstanding RDMA READs, each way: one at a time serialises a peer's reads of a
-        // region (the data-path bench measured READ bandwidth at that limit).
+        // Outstanding RDMA READs, each way: the device's limit, up to 16 (one at a time, as
+        // before, would serialise a peer's reads of a region).
         let rd_atomic = self.pd.context().caps().map_or(1, |c| c.max_qp_rd_atom.clamp(1, 16)) as u8;
         // SAFETY: plain old data; zero is valid.
         let mut a: ffi::ibv_qp_attr = unsafe { std::mem::zeroed() };
