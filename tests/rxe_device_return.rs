@@ -77,7 +77,7 @@ fn a_returned_device_gets_the_same_regions_back() {
         Err(e @ RegionError::Device { .. }) => assert_eq!(e.errno(), nix::errno::Errno::ENODEV),
         other => panic!("a registration while the device is gone: {other:?}"),
     }
-    assert!(r_guard_refused(&regions[0]), "guards are refused while suspended");
+    assert!(regions[0].guard().is_err(), "guards are refused while suspended");
     // The application drops its objects on the device (not the regions): the deletion
     // finishes.
     drop((grants, qp, peer));
@@ -122,16 +122,9 @@ fn a_returned_device_gets_the_same_regions_back() {
     }
 }
 
-/// `rdma resource show <kind>` lines on `DEV`, which only this test uses, except the
-/// kernel's own (`comm [ib_core]`). (Not filtered by pid: the kernel records the creating
-/// thread's id, not the process's.)
+/// `rdma resource show <kind>` lines of user objects on `DEV`, which only this test uses.
 fn ours_on_device(kind: &str) -> Vec<String> {
-    let out = Command::new("rdma").args(["resource", "show", kind]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(&format!("dev {DEV} ")) && !l.contains("comm ["))
-        .map(String::from)
-        .collect()
+    guest::user_resources(kind, DEV)
 }
 
 /// Waits for an event of each region that `want` accepts, in any order.
@@ -148,8 +141,4 @@ fn wait_all(
         });
         left.retain(|id| *id != e.region);
     }
-}
-
-fn r_guard_refused(r: &Region) -> bool {
-    r.guard().is_err()
 }

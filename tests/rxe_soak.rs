@@ -230,24 +230,9 @@ impl Resources {
     }
 
     fn now() -> Resources {
-        // Every line of the server device (`dev rxe_srv`, or `link rxe_srv/1` for queue
-        // pairs) but the kernel's own (`comm [ib_core]`): only this process uses it
-        // meanwhile. (Not by pid: the kernel records the creating thread's id.)
+        // Only this process uses the server device meanwhile.
         let device = guest::var("FILEMR_SERVER_DEVICE");
-        let lines = |kind: &str| {
-            let out = std::process::Command::new("rdma")
-                .args(["resource", "show", kind])
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter(|l| {
-                    (l.contains(&format!("dev {device} "))
-                        || l.contains(&format!("link {device}/")))
-                        && !l.contains("comm [")
-                })
-                .count()
-        };
+        let lines = |kind: &str| guest::user_resources(kind, &device).len();
         let status = std::fs::read_to_string("/proc/self/status").unwrap();
         let pinned_kb = status
             .lines()

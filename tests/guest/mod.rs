@@ -197,3 +197,24 @@ impl Drop for DevicePair {
         let _ = Command::new("ip").args(["link", "del", self.netdev]).status();
     }
 }
+
+/// Every line of `rdma resource show <kind>`.
+pub fn resource_lines(kind: &str) -> Vec<String> {
+    let out = Command::new("rdma")
+        .args(["resource", "show", kind])
+        .output()
+        .unwrap_or_else(|e| panic!("run rdma resource show {kind}: {e}"));
+    String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect()
+}
+
+/// The `rdma resource show <kind>` lines of `device` (`dev <device>`, or `link
+/// <device>/<port>` for queue pairs) that user processes made, not the kernel
+/// (`comm [ib_core]`). Not filtered by pid: the kernel records the creating thread's id,
+/// not the process's, so a test counts on a device only it uses.
+pub fn user_resources(kind: &str, device: &str) -> Vec<String> {
+    let (dev, link) = (format!("dev {device} "), format!("link {device}/"));
+    resource_lines(kind)
+        .into_iter()
+        .filter(|l| (l.contains(&dev) || l.contains(&link)) && !l.contains("comm ["))
+        .collect()
+}

@@ -341,11 +341,7 @@ pub fn mr_lines_with_lkey(lkey: u32) -> Vec<String> {
 
 /// Every line of `rdma resource show mr`.
 pub fn mr_lines() -> Vec<String> {
-    let out = std::process::Command::new("rdma")
-        .args(["resource", "show", "mr"])
-        .output()
-        .expect("run rdma resource show mr");
-    String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect()
+    crate::guest::resource_lines("mr")
 }
 
 /// The next `Recall` of grant `g`: the region tells the server to recall it.

@@ -303,9 +303,4 @@ pub fn client_config(server: std::net::SocketAddr) -> ClientConfig {
     cfg
 }
 
-/// Slots each peer owns, as a range of global slot indices (for reports).
-pub fn slots_of(peer: usize) -> std::ops::Range<usize> {
-    peer * SLOTS..(peer + 1) * SLOTS
-}
-
 const _: () = assert!(PEERS * SLOTS * RECORD == PEER_AREA);
