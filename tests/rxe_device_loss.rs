@@ -49,7 +49,7 @@ fn a_removed_device_loses_its_regions_and_a_new_manager_waits_for_it() {
     let mut events = region.events();
 
     // A peer on the other end of the link, writing through its grant.
-    let (qp, peer) = RemotePeer::connected_to(&mgr, PEER_DEV);
+    let (qp, peer) = RemotePeer::connected_to(&mgr, PEER_DEV, 8192);
     let g = region.grant(&qp).unwrap();
     let key = g.info();
     let write = |off: u64, data: &[u8]| peer.write(&key, off, data).ok();

@@ -51,7 +51,7 @@ fn a_returned_device_gets_the_same_regions_back() {
     let addrs: Vec<u64> = regions.iter().map(|r| r.info().addr).collect();
     // (The listing sees them: the check at the end is not vacuous.)
     assert!(ours_on_device("mr").len() >= 2, "{:?}", ours_on_device("mr"));
-    let (qp, peer) = RemotePeer::connected_to(&mgr, PEER_DEV);
+    let (qp, peer) = RemotePeer::connected_to(&mgr, PEER_DEV, 8192);
     let grants: Vec<_> = regions.iter().map(|r| r.grant(&qp).unwrap()).collect();
     let a = pattern(4096, 1);
     for g in &grants {
@@ -96,7 +96,7 @@ fn a_returned_device_gets_the_same_regions_back() {
     wait_all(&mut events, &regions, "Rebuilt", |k| matches!(k, RegionEventKind::Rebuilt { .. }));
     note(&format!("device return: both regions Rebuilt {:?} after rdma link add", t.elapsed()));
     assert_eq!(regions.iter().map(|r| r.info().addr).collect::<Vec<_>>(), addrs, "same addresses");
-    let (qp, peer) = RemotePeer::connected_to(&mgr, PEER_DEV);
+    let (qp, peer) = RemotePeer::connected_to(&mgr, PEER_DEV, 8192);
     let b = pattern(4096, 2);
     for r in &regions {
         let g = r.grant(&qp).unwrap();

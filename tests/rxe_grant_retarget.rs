@@ -1,5 +1,6 @@
 //! Retarget mode with a peer that never answers the recall, in its own process (its own
-//! manager configuration, and it lowers the system-wide lease-break-time): the peer sees
+//! manager configuration on the link's server device, and it lowers the system-wide
+//! lease-break-time), the peer on the other end of the veth link: the peer sees
 //! no error, what it writes after the retarget is not in the file, not even after the
 //! rebuild (its key stays on scratch until it returns the grant), and once it returns
 //! (late) the same key reaches the rebuilt file again.
@@ -8,6 +9,8 @@
 mod guest;
 #[path = "region_support/mod.rs"]
 mod region_support;
+#[path = "../examples/embed/remote_peer.rs"]
+mod remote_peer;
 
 use std::time::Duration;
 
@@ -16,26 +19,38 @@ use filemr::region::{Access, RegionEventKind, RevocationMode};
 use filemr::verbs::WcStatus;
 use guest::{BreakTime, GuestEnv, pattern};
 use region_support::*;
+use remote_peer::RemotePeer;
 
 const LEN: usize = 1 << 20;
 
 #[test]
 #[ignore = "needs rxe0 (SoftRoCE) as root: cargo xtask test runs it in the qemu guests"]
 fn unreturned_grant_stays_on_scratch_until_returned_then_reaches_the_rebuilt_file() {
-    CONFIGURE.get_or_init(|| |c| c.revocation = RevocationMode::Retarget);
+    CONFIGURE.get_or_init(|| {
+        |c| {
+            c.device = guest::var("FILEMR_SERVER_DEVICE");
+            c.revocation = RevocationMode::Retarget;
+        }
+    });
     let env = GuestEnv::get();
     let _bt = BreakTime::set(3);
     for (dir, fs) in [(&env.pagecache_dir, "page cache"), (&env.dax_dir, "fs-dax")] {
         let path = make_file(dir, "retarget", LEN, 0);
         let region = register(&path, 0, LEN, Access::ReadWrite).unwrap();
         let mut events = region.events();
-        let peer = Peer::new(LEN);
+        let (qp, peer) = RemotePeer::connected_to(manager(), &env.peer.device, LEN);
+        let write = |g: &filemr::grant::Grant, off: u64, data: &[u8]| {
+            peer.write(&g.info(), off, data).unwrap()
+        };
+        let read = |g: &filemr::grant::Grant, off: u64, len: usize| {
+            peer.read(&g.info(), off, len).unwrap()
+        };
         // `g` never answers its recall; `witness` does, and reads the rebuilt file.
-        let g = peer.grant(&region);
-        let witness = peer.grant(&region);
+        let g = region.grant(&qp).unwrap();
+        let witness = region.grant(&qp).unwrap();
         let (gid, wid, key) = (g.id(), witness.id(), g.info().rkey);
         let a = pattern(4096, 1);
-        assert_eq!(peer.write_to(&g, 0, &a), WcStatus::Success);
+        assert_eq!(write(&g, 0, &a), WcStatus::Success);
         region.commit(0..4096).unwrap();
 
         let b = pattern(LEN, 2);
@@ -48,8 +63,8 @@ fn unreturned_grant_stays_on_scratch_until_returned_then_reaches_the_rebuilt_fil
         assert_eq!(g.state(), GrantState::Retargeted);
         // The peer keeps going: no error, but nothing reaches the file.
         let x = pattern(65536, 7);
-        assert_eq!(peer.write_to(&g, 8192, &x), WcStatus::Success, "retargeted writes succeed");
-        let (st, _) = peer.read_from(&g, 0, 4096);
+        assert_eq!(write(&g, 8192, &x), WcStatus::Success, "retargeted writes succeed");
+        let (st, _) = read(&g, 0, 4096);
         assert_eq!(st, WcStatus::Success, "retargeted reads succeed");
         let revoked = wait_event(&mut events, Duration::from_secs(10), "Revoked", is_revoked);
         let RegionEventKind::Revoked { forced, .. } = revoked.kind else { unreachable!() };
@@ -71,8 +86,8 @@ fn unreturned_grant_stays_on_scratch_until_returned_then_reaches_the_rebuilt_fil
         );
         assert_eq!((g.state(), g.info().generation), (GrantState::Retargeted, 1), "{fs}");
         let y = pattern(65536, 8);
-        assert_eq!(peer.write_to(&g, 8192, &y), WcStatus::Success, "{fs}: still on scratch");
-        let (st, got) = peer.read_from(&witness, 0, LEN);
+        assert_eq!(write(&g, 8192, &y), WcStatus::Success, "{fs}: still on scratch");
+        let (st, got) = read(&witness, 0, LEN);
         assert_eq!(st, WcStatus::Success);
         assert_bytes(
             &got,
@@ -89,14 +104,14 @@ fn unreturned_grant_stays_on_scratch_until_returned_then_reaches_the_rebuilt_fil
             |e| matches!(e.kind, RegionEventKind::Available { grant, generation: 2, .. } if grant == gid),
         );
         assert_eq!((g.state(), g.info().rkey, g.info().generation), (GrantState::Active, key, 2));
-        let (st, got) = peer.read_from(&g, 0, LEN);
+        let (st, got) = read(&g, 0, LEN);
         assert_eq!(st, WcStatus::Success);
         assert_bytes(&got, &b, &[], fs);
         let c = pattern(4096, 3);
-        assert_eq!(peer.write_to(&g, 4096, &c), WcStatus::Success);
+        assert_eq!(write(&g, 4096, &c), WcStatus::Success);
         region.commit(4096..8192).unwrap();
         // Reading the file opens it, which would break the lease again: unregister first.
-        drop((g, witness));
+        drop((g, witness, qp));
         drop(region);
         let now = std::fs::read(&path).unwrap();
         assert!(now[4096..8192] == c[..], "{fs}: the rebound key's write is not in the file");

@@ -37,16 +37,17 @@ impl RemotePeer {
         Ok(RemotePeer { ctx, cq, qp, gid_index, gid, buf, mr })
     }
 
-    /// A peer on `device` connected to a new queue pair (and CQ) in `mgr`'s protection
-    /// domain, which must exist (the device is there).
+    /// A peer on `device` with a buffer of `len` bytes, connected to a new queue pair (and
+    /// CQ) in `mgr`'s protection domain, which must exist (the device is there).
     pub fn connected_to(
         mgr: &filemr::region::Manager,
         device: &str,
+        len: usize,
     ) -> (Arc<QueuePair>, RemotePeer) {
         let pd = mgr.protection_domain().expect("the manager's device is there");
         let cq = CompletionQueue::new(pd.context(), 64).unwrap();
         let qp = Arc::new(QueuePair::new_rc(&pd, &cq).unwrap());
-        let peer = RemotePeer::open(device, 8192).unwrap();
+        let peer = RemotePeer::open(device, len).unwrap();
         let (gid_index, gid) = pd.context().pick_gid(1).unwrap();
         qp.connect(1, gid_index, peer.qp.qp_num(), peer.gid).unwrap();
         peer.connect(qp.qp_num(), gid).unwrap();
