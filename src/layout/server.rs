@@ -578,14 +578,25 @@ impl Server {
         ranges: &[(u64, u64)],
     ) -> Result<(), (Errno, String)> {
         let h = self.held(key, layout)?;
-        if h.grant.state() == GrantState::Retargeted {
-            return Err((
-                Errno::ESTALE,
-                format!(
-                    "layout {layout} was retargeted at its recall deadline: what was written \
-                     since went to scratch memory; return it (AVAILABLE follows)"
-                ),
-            ));
+        match h.grant.state() {
+            GrantState::Retargeted => {
+                return Err((
+                    Errno::ESTALE,
+                    format!(
+                        "layout {layout} was retargeted at its recall deadline: what was \
+                         written since went to scratch memory; return it (AVAILABLE follows)"
+                    ),
+                ));
+            }
+            // Why: the region's loss reaches this loop as an event, after the grant
+            // already says so; until then a commit gets what a lost layout gets.
+            GrantState::Lost => {
+                return Err((
+                    Errno::ENOENT,
+                    format!("layout {layout} was lost with its region (LAYOUT_LOST follows)"),
+                ));
+            }
+            _ => {}
         }
         for &(off, len) in ranges {
             let start =
