@@ -42,6 +42,32 @@ pub fn lease_break_time() -> Duration {
         .map_or(Duration::from_secs(45), Duration::from_secs)
 }
 
+/// The break time sysctl, kept open: each break reads it with one `pread` (the kernel
+/// renders a sysctl afresh on every read), so a deadline follows the value in force when
+/// the break came, without an open and a close on the break's path.
+#[derive(Debug)]
+pub(crate) struct BreakTime {
+    file: Option<std::fs::File>,
+}
+
+impl BreakTime {
+    pub(crate) fn open() -> BreakTime {
+        BreakTime { file: std::fs::File::open(LEASE_BREAK_TIME).ok() }
+    }
+
+    /// The break time now, 45 s when unreadable (as [`lease_break_time`]).
+    pub(crate) fn now(&self) -> Duration {
+        use std::os::unix::fs::FileExt;
+        let Some(f) = &self.file else { return lease_break_time() };
+        let mut buf = [0u8; 32];
+        f.read_at(&mut buf, 0)
+            .ok()
+            .and_then(|n| std::str::from_utf8(&buf[..n]).ok())
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map_or(Duration::from_secs(45), Duration::from_secs)
+    }
+}
+
 /// `/proc/sys/fs/leases-enable`; `None` when unreadable.
 pub fn leases_enabled() -> Option<bool> {
     std::fs::read_to_string(LEASES_ENABLE)

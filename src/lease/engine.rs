@@ -1,7 +1,7 @@
 //! The engine: acquiring, sharing, releasing and dropping leases.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,12 +19,15 @@ use tokio::task::JoinHandle;
 use super::entry::{Entry, Lease, LeaseKind, LeaseState};
 use super::{
     EngineConfig, EngineStats, FileId, LeaseError, LeaseEvent, LeaseEvents, LeaseResult,
-    ReleaseReport, config, listener, reacquire,
+    ReleaseReport, break_thread, config, reacquire,
 };
 use crate::sys::io_errno;
 use crate::sys::lease::{self as raw, RawLease};
 use crate::sys::reactor::{self, InotifyFd};
 use crate::sys::signal::{self, ClaimError, SignalSlot};
+
+/// A subscriber called where the event happens (`LeaseEngine::on_event`).
+type Handler = Arc<dyn Fn(&LeaseEvent) + Send + Sync>;
 
 /// Leases by file and by fd. The fd map is what break signals are routed through.
 #[derive(Default)]
@@ -50,6 +53,10 @@ pub(crate) struct Inner {
     pub(crate) table: Mutex<Table>,
     acquire_gate: Mutex<()>,
     subscribers: Mutex<Vec<mpsc::UnboundedSender<LeaseEvent>>>,
+    handlers: Mutex<Vec<Handler>>,
+    /// The break thread (`break_thread`), which every lease's break signal is directed at.
+    break_tid: libc::pid_t,
+    pub(crate) break_time: config::BreakTime,
     pub(crate) counters: Counters,
     pub(crate) inotify: Arc<AsyncFd<InotifyFd>>,
     pub(crate) watches: Mutex<HashMap<WatchDescriptor, Arc<Entry>>>,
@@ -67,7 +74,7 @@ impl Drop for Inner {
     }
 }
 
-/// The lease engine: a cheap, clonable handle. One engine (one break listener) runs per
+/// The lease engine: a cheap, clonable handle. One engine (one break thread) runs per
 /// process at a time, because the break signal's handler is process-wide; it stops when
 /// the last engine handle and the last [`Lease`] are gone.
 #[derive(Clone)]
@@ -96,7 +103,7 @@ impl LeaseEngine {
     }
 
     /// Starts the engine: installs the process-wide break signal handler (once per
-    /// process), and spawns the break listener and the inotify reader on the current
+    /// process), starts the break thread, and spawns the inotify reader on the current
     /// tokio runtime. Fails with [`LeaseError::AlreadyRunning`] while another engine
     /// lives in this process.
     pub fn start_with(cfg: EngineConfig) -> LeaseResult<LeaseEngine> {
@@ -108,25 +115,23 @@ impl LeaseEngine {
                 errno: Errno::EINVAL,
             });
         }
-        let (rd, wr) =
-            nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).map_err(setup("pipe2"))?;
+        // The write end never blocks the signal handler; the break thread blocks on the
+        // read end.
+        let (rd, wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(setup("pipe2"))?;
+        nix::fcntl::fcntl(&wr, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
+            .map_err(setup("fcntl(F_SETFL, O_NONBLOCK)"))?;
         let cap = i32::try_from(cfg.pipe_capacity).unwrap_or(i32::MAX);
         if let Err(e) = nix::fcntl::fcntl(&wr, FcntlArg::F_SETPIPE_SZ(cap)) {
             tracing::debug!("F_SETPIPE_SZ({cap}) failed: {e}; keeping the default pipe size");
         }
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
             .map_err(setup("inotify_init1"))?;
-        let (pipe, inotify) = {
+        let inotify = {
             let _guard = rt.enter();
-            let pipe = reactor::register_fd(rd).map_err(|e| LeaseError::Setup {
-                op: "register the signal pipe with tokio",
-                errno: io_errno(&e),
-            })?;
-            let inotify = reactor::register_inotify(inotify).map_err(|e| LeaseError::Setup {
+            reactor::register_inotify(inotify).map_err(|e| LeaseError::Setup {
                 op: "register inotify with tokio",
                 errno: io_errno(&e),
-            })?;
-            (pipe, inotify)
+            })?
         };
         let slot = SignalSlot::claim(sig, wr).map_err(|e| match e {
             ClaimError::Busy => LeaseError::AlreadyRunning,
@@ -141,6 +146,13 @@ impl LeaseEngine {
             },
             ClaimError::Sys(errno) => LeaseError::Setup { op: "sigaction", errno },
         })?;
+        // Started after the claim: the thread stops when the slot's write end closes.
+        let (weak_tx, weak_rx) = std::sync::mpsc::channel();
+        let break_tid = break_thread::spawn(rd, weak_rx).map_err(|e| LeaseError::Setup {
+            op: "start the lease break thread",
+            errno: io_errno(&e),
+        })?;
+        signal::set_break_thread(break_tid);
         let inner = Arc::new(Inner {
             cfg,
             sig,
@@ -148,6 +160,9 @@ impl LeaseEngine {
             table: Mutex::new(Table::default()),
             acquire_gate: Mutex::new(()),
             subscribers: Mutex::new(Vec::new()),
+            handlers: Mutex::new(Vec::new()),
+            break_tid,
+            break_time: config::BreakTime::open(),
             counters: Counters::default(),
             inotify: Arc::new(inotify),
             watches: Mutex::new(HashMap::new()),
@@ -156,9 +171,9 @@ impl LeaseEngine {
             _slot: slot,
         });
         let weak = Arc::downgrade(&inner);
-        let listener = rt.spawn(listener::run(weak.clone(), pipe));
+        let _ = weak_tx.send(weak.clone());
         let ino = rt.spawn(reacquire::inotify_reader(weak, inner.inotify.clone()));
-        inner.tasks.lock().extend([listener, ino]);
+        inner.tasks.lock().push(ino);
         tracing::debug!(signal = sig, "lease engine started");
         Ok(LeaseEngine { inner })
     }
@@ -192,6 +207,15 @@ impl LeaseEngine {
         LeaseEvents { rx }
     }
 
+    /// Calls `handler` with every event from now on, where the event happens: on the
+    /// engine's break thread for [`LeaseEvent::Broken`] (before the engine looks at the
+    /// break's deadline), on a runtime worker for the others. A handler must return soon
+    /// and never block on the runtime: the next break waits for it. This is how the
+    /// region manager revokes an idle region without a hop through the runtime.
+    pub fn on_event(&self, handler: impl Fn(&LeaseEvent) + Send + Sync + 'static) {
+        self.inner.handlers.lock().push(Arc::new(handler));
+    }
+
     /// The state of the lease on `file`, if this engine holds one.
     pub fn state(&self, file: FileId) -> Option<LeaseState> {
         let entry = self.inner.table.lock().by_id.get(&file).cloned();
@@ -211,6 +235,7 @@ impl LeaseEngine {
         EngineStats {
             leases: self.inner.table.lock().by_id.len(),
             signals: h.lease_signals - h0.lease_signals,
+            direct_signals: h.direct - h0.direct,
             overflow_signals: h.sigio - h0.sigio,
             pipe_full: h.pipe_full - h0.pipe_full,
             rescans: c.rescans.load(Ordering::Relaxed),
@@ -251,7 +276,19 @@ fn is_regular(st: &FileStat) -> bool {
 
 impl Inner {
     pub(crate) fn emit(&self, ev: LeaseEvent) {
+        let handlers = self.handlers.lock().clone();
+        for h in handlers {
+            h(&ev);
+        }
         self.subscribers.lock().retain(|tx| tx.send(ev.clone()).is_ok());
+    }
+
+    /// Directs the break signal of `fd`'s new lease at the break thread (best effort:
+    /// the handler routes a break that reaches another thread through the pipe too).
+    pub(crate) fn direct_breaks(&self, fd: BorrowedFd<'_>) {
+        if let Err(e) = raw::set_owner_thread(fd, self.break_tid) {
+            tracing::debug!("F_SETOWN_EX failed: {e}; breaks reach any thread");
+        }
     }
 
     fn acquire(&self, path: &Path, kind: LeaseKind) -> LeaseResult<Arc<Entry>> {
@@ -294,12 +331,13 @@ impl Inner {
                 continue;
             }
             nix::fcntl::fcntl(&fd, FcntlArg::F_SETFL(access)).map_err(sys("fcntl(F_SETFL)"))?;
-            // Hold the table lock across F_SETLEASE and the insertion, so the listener
+            // Hold the table lock across F_SETLEASE and the insertion, so the break thread
             // cannot see a break for this fd before the entry is routable.
             let mut table = self.table.lock();
             raw::set_sig(fd.as_fd(), self.sig).map_err(sys("fcntl(F_SETSIG)"))?;
             raw::set_lease(fd.as_fd(), kind.raw())
                 .map_err(|e| classify_setlease(path, kind, e, config::leases_enabled()))?;
+            self.direct_breaks(fd.as_fd());
             let raw_fd = fd.as_raw_fd();
             let entry = Arc::new(Entry::new(id, Arc::from(path), kind, fd));
             table.by_id.insert(id, entry.clone());

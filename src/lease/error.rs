@@ -102,13 +102,13 @@ pub enum LeaseError {
         /// Its errno.
         errno: Errno,
     },
-    /// Only one engine (one break listener) may run per process at a time.
+    /// Only one engine (one break thread) may run per process at a time.
     #[error("a lease engine is already running in this process")]
     AlreadyRunning,
     /// The engine needs a running tokio runtime (with I/O and time drivers).
     #[error("the lease engine needs a running tokio runtime")]
     NoRuntime,
-    /// Setting up the break listener failed.
+    /// Setting up the engine (its signal, pipe, break thread or inotify) failed.
     #[error("lease listener setup: {op} failed ({errno})")]
     Setup {
         /// The failing operation.

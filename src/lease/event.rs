@@ -34,7 +34,7 @@ pub enum LeaseEvent {
         file: FileId,
         /// The path it was leased under.
         path: Arc<Path>,
-        /// When the listener saw the break.
+        /// When the break thread saw the break.
         arrived: Instant,
         /// `arrived` plus `/proc/sys/fs/lease-break-time` read at arrival: after it the
         /// kernel breaks the lease itself.
@@ -106,6 +106,10 @@ pub struct EngineStats {
     pub leases: usize,
     /// Lease signals that named their fd, since this engine started.
     pub signals: u64,
+    /// Lease signals of those handled on the engine's break thread, which they are
+    /// directed at (`F_SETOWN_EX`): the rest reached another thread (a break in the
+    /// moment between taking a lease and directing it) and went through the pipe.
+    pub direct_signals: u64,
     /// Plain `SIGIO`s or fd-less lease signals since this engine started: the
     /// queue-overflow path.
     pub overflow_signals: u64,

@@ -11,13 +11,13 @@
 //! One engine runs per process: the break signal's handler is process-wide. See
 //! `docs/lease.md` for the design.
 
+mod break_thread;
 mod config;
 mod engine;
 mod entry;
 mod error;
 mod event;
 mod file_id;
-mod listener;
 mod reacquire;
 
 pub use config::{EngineConfig, LEASE_BREAK_TIME, LEASES_ENABLE, lease_break_time, leases_enabled};

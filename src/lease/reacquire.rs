@@ -125,6 +125,7 @@ pub(crate) async fn run(inner: Arc<Inner>, entry: Arc<Entry>, released: Instant)
                 .and_then(|()| raw::set_lease(entry.fd.as_fd(), entry.kind.raw()));
             match r {
                 Ok(()) => {
+                    inner.direct_breaks(entry.fd.as_fd());
                     st.state = LeaseState::Held;
                     break Outcome::Reacquired(attempts);
                 }

@@ -4,8 +4,8 @@ use std::path::Path;
 
 use nix::errno::Errno;
 
+use super::break_thread::break_pending;
 use super::engine::classify_setlease;
-use super::listener::break_pending;
 use super::{LeaseError, LeaseKind};
 use crate::sys::lease::RawLease;
 

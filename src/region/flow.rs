@@ -12,8 +12,13 @@
 //! 4. **fence or retarget** every grant not returned: no peer reaches the memory after
 //!    this step, so nothing a peer writes can land after the commit;
 //! 5. **commit** (staging write-back, or msync) from memory no peer can reach;
-//! 6. **deregister and unmap**;
+//! 6. **deregister and unmap**: right after the release (7) when nothing can reach the
+//!    registration (no guard held, windows fenced or on scratch), so the breaker does
+//!    not wait for it; before the release if a guard was abandoned at the deadline;
 //! 7. **release** the lease, and report `Revoked` (a failed commit loses the region).
+//!
+//! An idle file (nothing to wait for) is revoked on the lease engine's break thread,
+//! where the break arrives: no hop between the signal and the release.
 //!
 //! Lease back ([`rebuild_file`]): 8. **rebuild** each revoked region at its old addresses
 //! (`Rebuilt`) and **rebind** returned grants with their old keys (`Available`);
@@ -24,6 +29,8 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::runtime::Handle;
 
 use super::event::{LostReason, RegionEventKind, RevokeReason};
 use super::handle::{RegionShared, Slot, TearDown};
@@ -39,9 +46,15 @@ use crate::region::RevocationMode;
 const POLL: Duration = Duration::from_millis(1);
 
 /// Steps 1 to 7 for the regions of `file` (see the module documentation). `deadline` is
-/// the kernel's break deadline; `None` when the kernel already broke the lease.
-pub(crate) async fn revoke_file(
+/// the kernel's break deadline; `None` when the kernel already broke the lease. Called
+/// where the break is delivered (the lease engine's break thread, or a runtime worker
+/// for a forced break): steps 1 and 2 run there. A file with nothing to wait for (no
+/// guard held, no grant reaching it) and no rebuild under way is finished there too, on
+/// the break thread, which releases the lease with no hop through the runtime; otherwise
+/// the wait and steps 4 to 7 go to the runtime.
+pub(crate) fn revoke_file(
     mgr: Arc<ManagerInner>,
+    rt: &Handle,
     file: FileId,
     reason: RevokeReason,
     arrived: Instant,
@@ -72,12 +85,36 @@ pub(crate) async fn revoke_file(
             }
         }
     }
+    // Idle: finish here. A forced break arrives on a runtime worker, which must not
+    // run device and file work.
+    if reason == RevokeReason::LeaseBroken && drained(&owned) {
+        let lock = mgr.file_lock(file);
+        if let Ok(_serial) = lock.try_lock() {
+            finish_revocation(&mgr, file, &owned, reason, arrived, false);
+            return;
+        }
+    }
+    rt.spawn(wait_and_finish(mgr, file, owned, reason, arrived, limit));
+}
+
+/// Whether nothing holds the quiesced regions any more: no guard, no grant reaching the
+/// file.
+fn drained(owned: &[Arc<RegionShared>]) -> bool {
+    owned.iter().all(|r| {
+        r.word.held() == 0 && r.grants().iter().all(|g| !g.cell.lock().state.reaches_file())
+    })
+}
+
+/// Step 3, then steps 4 to 7 on a blocking thread.
+async fn wait_and_finish(
+    mgr: Arc<ManagerInner>,
+    file: FileId,
+    owned: Vec<Arc<RegionShared>>,
+    reason: RevokeReason,
+    arrived: Instant,
+    limit: Option<Instant>,
+) {
     // 3. Wait for guards and returns.
-    let drained = |owned: &[Arc<RegionShared>]| {
-        owned.iter().all(|r| {
-            r.word.held() == 0 && r.grants().iter().all(|g| !g.cell.lock().state.reaches_file())
-        })
-    };
     let mut timed_out = false;
     while !drained(&owned) {
         if limit.is_none_or(|l| Instant::now() >= l) {
@@ -109,6 +146,7 @@ fn finish_revocation(
     timed_out: bool,
 ) {
     let mut commit_errors = Vec::with_capacity(owned.len());
+    let mut unreachable = Vec::with_capacity(owned.len());
     let mode = *mgr.revocation.lock();
     for r in owned {
         let mut slot = r.slot.lock();
@@ -117,11 +155,21 @@ fn finish_revocation(
             retarget_remaining(mgr, r, &mut slot);
         }
         r.fence_remaining(mgr);
-        // 5, 6. Commit, deregister, unmap.
-        commit_errors.push(r.tear_down(mgr, &mut slot, TearDown::Revoke));
+        // 5. Commit.
+        let (built, commit_error) = r.commit_out(mgr, &mut slot, TearDown::Revoke);
+        commit_errors.push(commit_error);
         let abandoned = r.word.finish_revoke();
-        if abandoned > 0 {
-            tracing::warn!(region = r.id, abandoned, "revoked with guards still held");
+        // 6. Deregister and unmap: now if a local user may still post against the
+        // region (a guard abandoned at the deadline); otherwise after the release, since
+        // nothing can reach the registration any more (guards refused and none held,
+        // windows fenced or on scratch) and the breaker need not wait for it.
+        if let Some(built) = built {
+            if abandoned > 0 {
+                tracing::warn!(region = r.id, abandoned, "revoked with guards still held");
+                r.deregister(mgr, &mut slot, built, TearDown::Revoke);
+            } else {
+                unreachable.push((r, built));
+            }
         }
         r.set_state(mgr, &mut slot, RegionState::Revoked);
     }
@@ -139,6 +187,9 @@ fn finish_revocation(
             arrived.elapsed()
         }
     };
+    for (r, built) in unreachable {
+        r.deregister(mgr, &mut r.slot.lock(), built, TearDown::Revoke);
+    }
     let forced = timed_out || kernel_forced;
     if !owned.is_empty() {
         mgr.metrics.revocation_seconds.observe(since_break.as_secs_f64());

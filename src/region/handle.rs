@@ -144,7 +144,23 @@ impl RegionShared {
         slot: &mut Slot,
         how: TearDown,
     ) -> Option<String> {
-        let built = slot.live.take()?;
+        let (built, failed) = self.commit_out(mgr, slot, how);
+        if let Some(built) = built {
+            self.deregister(mgr, slot, built, how);
+        }
+        failed
+    }
+
+    /// The first half of [`RegionShared::tear_down`]: commits (if writable and `how`
+    /// says so) and takes the registration out of the slot. Returns it, to be given to
+    /// [`RegionShared::deregister`], and why the commit failed, if it did.
+    pub(crate) fn commit_out(
+        &self,
+        mgr: &ManagerInner,
+        slot: &mut Slot,
+        how: TearDown,
+    ) -> (Option<Built>, Option<String>) {
+        let Some(built) = slot.live.take() else { return (None, None) };
         let mut failed = None;
         if how != TearDown::Discard && self.access.is_writable() {
             let len = slot.info.len;
@@ -155,6 +171,20 @@ impl RegionShared {
                 failed = Some(format!("{}", build_error(e, &self.path, self.offset, len)));
             }
         }
+        slot.info.lkey = 0;
+        (Some(built), failed)
+    }
+
+    /// The second half of [`RegionShared::tear_down`]: deregisters and unmaps `built`
+    /// (taken out by [`RegionShared::commit_out`]); a revoked ODP region keeps its
+    /// addresses reserved for its rebuild.
+    pub(crate) fn deregister(
+        &self,
+        mgr: &ManagerInner,
+        slot: &mut Slot,
+        built: Built,
+        how: TearDown,
+    ) {
         mgr.metrics.bytes(built.strategy.label(), -(slot.info.len as i64));
         let Built { mr, mapping, strategy, .. } = built;
         drop(mr);
@@ -167,8 +197,6 @@ impl RegionShared {
                 Err(_) => tracing::warn!(region = self.id, "mapping still shared: no placeholder"),
             }
         }
-        slot.info.lkey = 0;
-        failed
     }
 
     pub(crate) fn emit(&self, mgr: &ManagerInner, kind: RegionEventKind) {

@@ -11,7 +11,6 @@ use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use tokio::sync::broadcast;
-use tokio::task::JoinHandle;
 
 use super::budget::MemlockBudget;
 use super::config::{Access, ManagerConfig, RevocationMode};
@@ -21,7 +20,7 @@ use super::handle::{Region, RegionInfo, RegionShared, Slot, TearDown, build_erro
 use super::state::RegionState;
 use super::strategy::probe::{ProbeEnv, probe};
 use super::strategy::{self, Decision, Strategy};
-use super::{RegionError, events_task};
+use super::{RegionError, lease_events};
 use crate::lease::{FileId, LeaseEngine, LeaseError, LeaseState};
 use crate::metrics::{GrantMetrics, RegionMetrics};
 use crate::sys::{io_errno, page_offset, page_size};
@@ -60,15 +59,6 @@ pub(crate) struct ManagerInner {
     /// What revocations do to unreturned grants (from `ManagerConfig::revocation`,
     /// changed by [`Manager::set_revocation`]).
     pub(crate) revocation: Mutex<RevocationMode>,
-    task: Mutex<Option<JoinHandle<()>>>,
-}
-
-impl Drop for ManagerInner {
-    fn drop(&mut self) {
-        if let Some(t) = self.task.get_mut().take() {
-            t.abort();
-        }
-    }
 }
 
 /// The region manager: a cheap, clonable handle. Needs a tokio runtime (time and I/O);
@@ -145,7 +135,6 @@ impl Manager {
             LeaseError::NoRuntime => RegionError::NoRuntime,
             other => RegionError::Lease(other),
         })?;
-        let lease_events = engine.subscribe();
         let metrics = RegionMetrics::new(registry);
         let grant_metrics = GrantMetrics::new(registry);
         let refused = ["revoking", "revoked", "other"].map(|why| {
@@ -173,10 +162,10 @@ impl Manager {
             device_lost: AtomicBool::new(false),
             revocation,
             writebacks: Default::default(),
-            task: Mutex::new(None),
         });
-        let task = rt.spawn(events_task::run(Arc::downgrade(&inner), lease_events));
-        *inner.task.lock() = Some(task);
+        let weak = Arc::downgrade(&inner);
+        let handle = rt.clone();
+        inner.engine.on_event(move |ev| lease_events::on_lease_event(&weak, &handle, ev));
         if !inner.cfg.device_poll.is_zero() {
             rt.spawn(watch_device(Arc::downgrade(&inner)));
         }

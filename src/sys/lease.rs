@@ -7,6 +7,18 @@ use nix::errno::Errno;
 /// `F_SETSIG` from `<fcntl.h>` (Linux, every architecture but a few musl ports).
 const F_SETSIG: libc::c_int = 10;
 
+/// `F_SETOWN_EX` and `F_OWNER_TID` from `<fcntl.h>` (Linux; the libc crate has them
+/// only for some targets).
+const F_SETOWN_EX: libc::c_int = 15;
+const F_OWNER_TID: libc::c_int = 0;
+
+/// `struct f_owner_ex`.
+#[repr(C)]
+struct FOwnerEx {
+    kind: libc::c_int,
+    pid: libc::pid_t,
+}
+
 /// A lease type as `F_SETLEASE` takes it and `F_GETLEASE` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RawLease {
@@ -57,4 +69,15 @@ pub(crate) fn get_lease(fd: BorrowedFd<'_>) -> Result<RawLease, Errno> {
         libc::F_WRLCK => Ok(RawLease::Write),
         _ => Ok(RawLease::Unlocked),
     }
+}
+
+/// `fcntl(fd, F_SETOWN_EX, {F_OWNER_TID, tid})`: the signals of `fd` (a lease's break)
+/// go to that thread alone instead of any thread of the process. Taking a new lease
+/// resets the owner to the process, so this follows every `F_SETLEASE` that takes one.
+pub(crate) fn set_owner_thread(fd: BorrowedFd<'_>, tid: libc::pid_t) -> Result<(), Errno> {
+    let owner = FOwnerEx { kind: F_OWNER_TID, pid: tid };
+    // SAFETY: F_SETOWN_EX reads one `struct f_owner_ex` through the pointer, a live
+    // local of that layout here; the fd is valid for the lifetime of the borrow.
+    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), F_SETOWN_EX, &owner as *const FOwnerEx) };
+    Errno::result(rc).map(drop)
 }

@@ -1,8 +1,8 @@
-//! Registering the lease layer's own fds with tokio (`AsyncFd::register` is unsafe since
+//! Registering the lease layer's inotify fd with tokio (`AsyncFd::register` is unsafe since
 //! tokio 1.54: the fd must stay open and the same for the `AsyncFd`'s lifetime).
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 
 use nix::sys::inotify::Inotify;
 use tokio::io::unix::AsyncFd;
@@ -15,13 +15,6 @@ impl AsRawFd for InotifyFd {
     fn as_raw_fd(&self) -> RawFd {
         self.0.as_fd().as_raw_fd()
     }
-}
-
-/// Registers an owned fd (the signal pipe's read end). Needs a runtime with I/O enabled.
-pub(crate) fn register_fd(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
-    // SAFETY: an OwnedFd owns its fd: it stays open and unchanged until the AsyncFd
-    // drops it, and as_raw_fd always returns it.
-    unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)
 }
 
 /// Registers an owned inotify instance. Needs a runtime with I/O enabled.

@@ -5,7 +5,7 @@
 //! thread block it (which a `signalfd` would need), so this module installs an
 //! `SA_SIGINFO` handler instead. The handler only performs async-signal-safe work: it
 //! writes the break's `si_fd` (4 bytes, atomic for a pipe) into a non-blocking self-pipe
-//! that the listener reads with tokio. A plain `SIGIO` (what the kernel sends when the
+//! that the engine's break thread reads. A plain `SIGIO` (what the kernel sends when the
 //! real-time signal queue is full), a real-time signal sent by a user (`kill`,
 //! `sigqueue`: no `si_fd`), or a full pipe sets the `RESCAN` flag instead, and the
 //! listener then checks every lease with `F_GETLEASE`.
@@ -32,6 +32,9 @@ static INSTALLED_SIG: AtomicI32 = AtomicI32::new(0);
 static N_LEASE_SIGNALS: AtomicU64 = AtomicU64::new(0);
 static N_SIGIO: AtomicU64 = AtomicU64::new(0);
 static N_PIPE_FULL: AtomicU64 = AtomicU64::new(0);
+static N_DIRECT: AtomicU64 = AtomicU64::new(0);
+/// The thread lease signals are directed at (`F_SETOWN_EX`), 0 when none.
+static BREAK_TID: AtomicI32 = AtomicI32::new(0);
 /// The `SIGIO` handler the process had before ours (`sa_sigaction` and `sa_flags`),
 /// called after ours: an application's own `O_ASYNC` handling keeps working.
 static PREV_SIGIO: AtomicUsize = AtomicUsize::new(libc::SIG_DFL);
@@ -57,6 +60,8 @@ pub(crate) struct HandlerCounts {
     pub sigio: u64,
     /// Times the pipe was full.
     pub pipe_full: u64,
+    /// Lease signals handled on the break thread they were directed at.
+    pub direct: u64,
 }
 
 pub(crate) fn counts() -> HandlerCounts {
@@ -64,7 +69,13 @@ pub(crate) fn counts() -> HandlerCounts {
         lease_signals: N_LEASE_SIGNALS.load(Ordering::Relaxed),
         sigio: N_SIGIO.load(Ordering::Relaxed),
         pipe_full: N_PIPE_FULL.load(Ordering::Relaxed),
+        direct: N_DIRECT.load(Ordering::Relaxed),
     }
+}
+
+/// Records the thread lease signals are directed at (for [`HandlerCounts::direct`]).
+pub(crate) fn set_break_thread(tid: libc::pid_t) {
+    BREAK_TID.store(tid, Ordering::Relaxed);
 }
 
 /// Clears and returns the rescan flag.
@@ -127,6 +138,10 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
         let (code, si_fd) = poll_fields(unsafe { &*info });
         if code > 0 && si_fd >= 0 {
             N_LEASE_SIGNALS.fetch_add(1, Ordering::Relaxed);
+            // SAFETY: gettid(2) is async-signal-safe and takes no arguments.
+            if unsafe { libc::gettid() } == BREAK_TID.load(Ordering::Relaxed) {
+                N_DIRECT.fetch_add(1, Ordering::Relaxed);
+            }
             routed = true;
             if fd >= 0 && !write_word(fd, si_fd) {
                 N_PIPE_FULL.fetch_add(1, Ordering::Relaxed);

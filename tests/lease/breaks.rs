@@ -52,6 +52,9 @@ fn open_for_write_breaker_waits_for_release() {
         breaker.finish(T).await;
         // The other lease was untouched.
         assert_eq!(engine.state(_other.file_id()), Some(LeaseState::Held));
+        // The break's signal was handled on the engine's break thread, not elsewhere.
+        let stats = engine.stats();
+        assert_eq!((stats.signals, stats.direct_signals), (1, 1), "{stats:?}");
     });
 }
 

@@ -24,7 +24,7 @@ const USAGE: &str = "usage: cargo xtask <test|demo|bench|soak|header|install-c> 
   install-c --prefix DIR  build the C library (release) and install it, filemr.h and filemr.pc\n\
   --kernel ID    only this guest kernel (repeatable)\n\
   --guests-only  test: skip fmt, clippy and host tests (for iterating on guest tests)\n\
-  --only PREFIX  test: only the guest test binaries whose name starts with PREFIX (repeatable)\n\
+  --only PREFIX  test, bench: only the guest test (bench) binaries whose name starts with PREFIX (repeatable)\n\
   soak [--secs N] [--seed S]: the soak test alone in each guest, N seconds (default 240),
                  seeded S (default: from the clock; printed either way)";
 
@@ -90,7 +90,7 @@ fn main() -> ExitCode {
     let result = match cmd.as_str() {
         "test" => test(&kernels, guests_only, &only),
         "demo" => demo(&kernels, matrix),
-        "bench" => bench(&kernels, guests_only),
+        "bench" => bench(&kernels, guests_only, &only),
         "soak" => soak(&kernels, soak_secs, soak_seed.as_deref()),
         "header" => capi::write_header().map(|()| true),
         "install-c" => unreachable!("handled before the kernel selection"),
@@ -210,7 +210,11 @@ fn soak(
 
 /// Benchmarks run on the host (those that need no device) and in each guest (all of them;
 /// the ones needing rxe measure there), each printing ratios against its own baseline.
-fn bench(kernels: &[&'static guest::kernels::KernelSpec], guests_only: bool) -> Result<bool> {
+fn bench(
+    kernels: &[&'static guest::kernels::KernelSpec],
+    guests_only: bool,
+    only: &[String],
+) -> Result<bool> {
     packages::ensure()?;
     if !guests_only {
         util::step("benchmarks on the host");
@@ -218,8 +222,11 @@ fn bench(kernels: &[&'static guest::kernels::KernelSpec], guests_only: bool) -> 
     }
     util::step("building benchmarks for the guests");
     let bins = cargo::bench_binaries()?;
-    let jobs: Vec<guest::Job> =
-        bins.iter().map(|(n, b)| guest::Job { name: n, bin: b, args: &["--bench"] }).collect();
+    let jobs: Vec<guest::Job> = bins
+        .iter()
+        .filter(|(n, _)| only.is_empty() || only.iter().any(|p| n.starts_with(p.as_str())))
+        .map(|(n, b)| guest::Job { name: n, bin: b, args: &["--bench"] })
+        .collect();
     let mut ok = true;
     for k in kernels {
         ok &= guest::run_programs(k, &jobs)?;

@@ -166,10 +166,10 @@ pub(crate) fn commit(
         (Strategy::Staging, Some(shadow)) => {
             staging::write_back(&built.mapping, shadow, fd, offset, start, end)
         }
-        _ => {
-            built.mapping.sync_range(start, end).map_err(BuildError::Map)?;
-            fdatasync(fd)
-        }
+        // `msync(MS_SYNC)` of a shared file mapping is `fdatasync` of that range
+        // (`vfs_fsync_range`): the range's pages written back, the file's metadata and
+        // the device's cache flushed. A second `fdatasync` would flush again for nothing.
+        _ => built.mapping.sync_range(start, end).map_err(BuildError::Map),
     }
 }
 

@@ -1,4 +1,4 @@
-//! The break listener: drains the signal self-pipe, routes each break to its lease,
+//! The break thread: reads the signal self-pipe, routes each break to its lease,
 //! rescans all leases with `F_GETLEASE` after a signal-queue overflow, and watches
 //! break deadlines for forced breaks.
 
@@ -8,11 +8,10 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use tokio::io::unix::AsyncFd;
 
+use super::LeaseEvent;
 use super::engine::Inner;
 use super::entry::{Entry, LeaseKind, LeaseState};
-use super::{LeaseEvent, config};
 use crate::sys::lease::{self as raw, RawLease};
 use crate::sys::signal::{self, RESCAN_MARK};
 
@@ -27,36 +26,48 @@ pub(crate) fn break_pending(kind: LeaseKind, now: RawLease) -> bool {
     }
 }
 
-pub(crate) async fn run(weak: Weak<Inner>, pipe: AsyncFd<OwnedFd>) {
+/// Starts the break thread: it blocks reading the signal self-pipe (`rd`, blocking) and
+/// delivers each break where it reads it. Leases direct their break signal at this
+/// thread (`F_SETOWN_EX`, see [`raw::set_owner_thread`]), so the signal's handler runs on
+/// it and the read it interrupted returns the word at once: one wakeup from the break to
+/// the engine's subscribers, whose handlers (`LeaseEngine::on_event`) run here too.
+/// Returns the thread's id; the thread gets its engine through `weak_rx` and stops when
+/// the pipe's write end closes (the engine is gone).
+pub(crate) fn spawn(
+    rd: OwnedFd,
+    weak_rx: std::sync::mpsc::Receiver<Weak<Inner>>,
+) -> std::io::Result<libc::pid_t> {
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new().name("filemr-lease".into()).spawn(move || {
+        let _ = tid_tx.send(nix::unistd::gettid().as_raw());
+        if let Ok(weak) = weak_rx.recv() {
+            run(&weak, &rd);
+        }
+    })?;
+    tid_rx.recv().map_err(|_| std::io::Error::other("the lease break thread did not start"))
+}
+
+fn run(weak: &Weak<Inner>, pipe: &OwnedFd) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let Ok(mut guard) = pipe.readable().await else {
-            return;
+        let n = match nix::unistd::read(pipe.as_fd(), &mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                tracing::error!("lease signal pipe read failed: {e}; the break thread stops");
+                return;
+            }
         };
+        // Every write is one 4-byte word (atomic on a pipe), so reads return whole words.
         let mut fds = Vec::new();
         let mut marked = false;
-        loop {
-            match nix::unistd::read(pipe.get_ref().as_fd(), &mut buf) {
-                Ok(0) => return,
-                Ok(n) => {
-                    for w in buf[..n].chunks_exact(4) {
-                        let word = i32::from_ne_bytes([w[0], w[1], w[2], w[3]]);
-                        if word == RESCAN_MARK {
-                            marked = true;
-                        } else {
-                            fds.push(word);
-                        }
-                    }
-                }
-                Err(Errno::EINTR) => {}
-                Err(Errno::EAGAIN) => {
-                    guard.clear_ready();
-                    break;
-                }
-                Err(e) => {
-                    tracing::error!("lease signal pipe read failed: {e}; listener stops");
-                    return;
-                }
+        for w in buf[..n].chunks_exact(4) {
+            let word = i32::from_ne_bytes([w[0], w[1], w[2], w[3]]);
+            if word == RESCAN_MARK {
+                marked = true;
+            } else {
+                fds.push(word);
             }
         }
         let rescan = signal::take_rescan() || marked;
@@ -64,7 +75,7 @@ pub(crate) async fn run(weak: Weak<Inner>, pipe: AsyncFd<OwnedFd>) {
             return;
         };
         let arrived = Instant::now();
-        let deadline = arrived + config::lease_break_time();
+        let deadline = arrived + inner.break_time.now();
         for fd in fds {
             let entry = inner.table.lock().by_fd.get(&fd).cloned();
             match entry {
@@ -135,6 +146,13 @@ fn deliver(
         deadline,
         via_rescan,
     });
+    // A handler may have released the lease already (an idle region's revocation runs
+    // on this thread): then there is no deadline to watch.
+    let st = entry.state.lock();
+    if st.generation != generation || !matches!(st.state, LeaseState::Breaking { .. }) {
+        return;
+    }
+    drop(st);
     inner.rt.spawn(watch_deadline(
         Arc::downgrade(inner),
         Arc::downgrade(entry),
