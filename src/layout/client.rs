@@ -1,8 +1,9 @@
 //! A peer's side of the layout protocol: connect to a layout server, get layouts, read
 //! and write them one-sided, commit, return; answer recalls.
 //!
-//! One background thread polls the connection: it files replies for the callers waiting
-//! on them, completions for the transfers, and acts on RECALL, AVAILABLE and LOST. With
+//! One background thread serves the connection, sleeping on its completion and CM
+//! channels between passes: it files replies for the callers waiting on them,
+//! completions for the transfers, and acts on RECALL, AVAILABLE and LOST. With
 //! [`RecallPolicy::Cooperate`] (the default) a recall is answered by the library: new
 //! transfers on the layout wait, the outstanding ones finish, what was written is
 //! committed, the layout is returned, and the waiting transfers resume once AVAILABLE
@@ -189,6 +190,8 @@ pub(crate) struct Inner {
     next_request: AtomicU64,
     pub(crate) next_transfer: AtomicU64,
     pub(crate) stop: AtomicBool,
+    /// Wakes the poller's sleep (the client stopping).
+    pub(crate) waker: super::sleep::Waker,
     // Dropped last, in this order: the identifier, then its channel.
     pub(crate) id: CmId,
     pub(crate) channel: Arc<CmChannel>,
@@ -383,6 +386,8 @@ impl LayoutClient {
             next_request: AtomicU64::new(1),
             next_transfer: AtomicU64::new(1),
             stop: AtomicBool::new(false),
+            waker: super::sleep::Waker::new()
+                .map_err(|e| LayoutError::Config(format!("creating the poller's eventfd: {e}")))?,
             id,
             channel,
         });
@@ -467,6 +472,7 @@ impl LayoutClient {
 
     fn stop(&mut self) {
         self.inner.stop.store(true, Ordering::Release);
+        self.inner.waker.wake();
         if let Some(p) = self.poller.take() {
             let _ = p.join();
         }

@@ -1,15 +1,18 @@
-//! One connection's message plumbing: its queue pair, a completion queue, and registered
-//! slots for frames (receives always posted, sends taken from a free list).
+//! One connection's message plumbing: its queue pair, a completion queue with its
+//! completion channel, and registered slots for frames (receives always posted, sends
+//! taken from a free list).
 
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 
 use super::wire::{Frame, MAX_FRAME};
 use crate::sys::Mapping;
 use crate::verbs::{
-    Access, CompletionQueue, MemoryRegion, ProtectionDomain, QueuePair, VerbsError, VerbsResult,
-    WcStatus,
+    Access, CompChannel, CompletionQueue, MemoryRegion, ProtectionDomain, QueuePair, VerbsError,
+    VerbsResult, WcStatus,
 };
 
 /// Receive slots kept posted: how many frames a peer may have in flight towards us.
@@ -40,19 +43,55 @@ pub(crate) struct Link {
     buf: Arc<Mapping>,
     mr: MemoryRegion,
     free: Mutex<Vec<usize>>,
+    /// Notifies a completion once armed ([`Link::arm`]); its fd is what the thread that
+    /// polls this link sleeps on.
+    notify: Arc<CompChannel>,
+    armed: AtomicBool,
 }
 
 impl Link {
-    /// A fresh RC queue pair in `pd` with its own completion queue and slots.
+    /// A fresh RC queue pair in `pd` with its own completion queue (and channel) and
+    /// slots.
     pub(crate) fn new(pd: &Arc<ProtectionDomain>) -> VerbsResult<Link> {
-        let cq = CompletionQueue::new(pd.context(), 256)?;
+        let notify = CompChannel::new(pd.context())?;
+        let cq = CompletionQueue::with_channel(pd.context(), 256, &notify)?;
         let qp = Arc::new(QueuePair::new_rc(pd, &cq)?);
         let buf = Arc::new(
             Mapping::anonymous((RECV_SLOTS + SEND_SLOTS) * MAX_FRAME)
                 .map_err(|e| VerbsError::new("mmap", e.errno, "frame slots"))?,
         );
         let mr = MemoryRegion::register(pd, &buf, Access::LOCAL_WRITE)?;
-        Ok(Link { qp, buf, mr, free: Mutex::new((0..SEND_SLOTS).collect()) })
+        let free = Mutex::new((0..SEND_SLOTS).collect());
+        Ok(Link { qp, buf, mr, free, notify, armed: AtomicBool::new(false) })
+    }
+
+    /// Asks for a notification at the next completion, unless one is already asked for.
+    /// Completions that came before do not notify: poll once more before sleeping.
+    pub(crate) fn arm(&self) -> VerbsResult<()> {
+        if !self.armed.swap(true, Ordering::AcqRel)
+            && let Err(e) = self.qp.cq().arm()
+        {
+            self.armed.store(false, Ordering::Release);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The fd that turns readable when the armed queue gets a completion.
+    pub(crate) fn notify_fd(&self) -> BorrowedFd<'_> {
+        self.notify.fd()
+    }
+
+    /// Takes the notifications that came (after a sleep): the queue must be armed again.
+    pub(crate) fn take_notifications(&self) {
+        match self.notify.take_events() {
+            Ok(fired) if fired.is_empty() => {}
+            Ok(_) => self.armed.store(false, Ordering::Release),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading a completion channel failed");
+                self.armed.store(false, Ordering::Release);
+            }
+        }
     }
 
     /// Posts every receive slot (once the queue pair is past RESET).

@@ -12,6 +12,7 @@ mod error;
 mod export;
 mod link;
 mod server;
+mod sleep;
 pub mod wire;
 
 pub use client::{ClientConfig, Layout, LayoutClient, LayoutEvent, RecallPolicy};

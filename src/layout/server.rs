@@ -2,9 +2,11 @@
 //! with regions and grants of a [`Manager`], and turns the regions' events into RECALL,
 //! AVAILABLE and LOST messages to the peers holding the layouts.
 //!
-//! One thread runs it: it polls the CM channel, every connection's completion queue and
-//! the manager's events, and sleeps up to [`IDLE`] when none had anything. Requests are
-//! answered in arrival order; a LAYOUT_GET registers the region on this thread.
+//! One thread runs it: it takes what the CM channel, every connection's completion
+//! queue and the manager's events have, and when none had anything it sleeps in
+//! `poll(2)` on their descriptors (a region event or the owner's request writes its
+//! eventfd), up to [`IDLE`]. Requests are answered in arrival order; a LAYOUT_GET
+//! registers the region on this thread.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,16 +21,18 @@ use prometheus_client::registry::Registry;
 use super::error::LayoutError;
 use super::export::{Export, Exports};
 use super::link::{Completion, Link, LinkSendError};
+use super::sleep::{self, Waker};
 use super::wire::{self, Frame, LayoutDesc, LostCode, Message, WireAccess};
 use crate::grant::{Grant, GrantState};
 use crate::metrics::LayoutMetrics;
 use crate::region::{
-    Access, LostReason, Manager, Region, RegionError, RegionEventKind, RegionEvents,
+    Access, EventHook, LostReason, Manager, Region, RegionError, RegionEventKind, RegionEvents,
 };
 use crate::verbs::{CmChannel, CmEvent, CmEventKind, CmId};
 
-/// Longest sleep of the server thread when nothing happened.
-const IDLE: Duration = Duration::from_millis(1);
+/// Longest sleep of the server thread when nothing happened (anything it waits for
+/// wakes it before; this bounds how late a drain's deadline is seen).
+const IDLE: Duration = Duration::from_millis(20);
 /// How long a closing connection's last frames get to leave.
 const LINGER: Duration = Duration::from_millis(200);
 
@@ -79,6 +83,7 @@ type Shared = Arc<(parking_lot::Mutex<Control>, parking_lot::Condvar)>;
 pub struct LayoutServer {
     control: Shared,
     stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
     thread: Option<JoinHandle<()>>,
     local: SocketAddr,
     metrics: LayoutMetrics,
@@ -116,8 +121,16 @@ impl LayoutServer {
         let metrics = LayoutMetrics::new(registry);
         let stop = Arc::new(AtomicBool::new(false));
         let control: Shared = Arc::default();
+        let waker = Arc::new(
+            Waker::new()
+                .map_err(|e| LayoutError::Config(format!("creating the server's eventfd: {e}")))?,
+        );
+        let w = waker.clone();
+        let hook = mgr.on_event(move |_| w.wake());
         let mut server = Server {
             control: control.clone(),
+            waker: waker.clone(),
+            _hook: hook,
             draining: None,
             closing: false,
             events: mgr.events(),
@@ -139,7 +152,7 @@ impl LayoutServer {
             })
             .map_err(|e| LayoutError::Config(format!("spawning the server thread: {e}")))?;
         tracing::info!(%local, "layout server listening");
-        Ok(LayoutServer { control, stop, thread: Some(thread), local, metrics })
+        Ok(LayoutServer { control, stop, waker, thread: Some(thread), local, metrics })
     }
 
     /// Serves `exports` from now on (layouts already granted stay). Refused, and nothing
@@ -147,6 +160,7 @@ impl LayoutServer {
     pub fn set_exports(&self, exports: &[Export]) -> Result<(), LayoutError> {
         let opened = Exports::open(exports)?;
         self.control.0.lock().exports = Some(opened);
+        self.waker.wake();
         Ok(())
     }
 
@@ -159,6 +173,7 @@ impl LayoutServer {
         let mut c = lock.lock();
         c.drain = Some(Instant::now() + grace);
         c.drained = None;
+        self.waker.wake();
         loop {
             if let Some(done) = c.drained {
                 return done;
@@ -188,6 +203,7 @@ impl LayoutServer {
 
     fn stop_thread(&mut self) {
         self.stop.store(true, Ordering::Release);
+        self.waker.wake();
         if let Some(t) = self.thread.take()
             && t.join().is_err()
         {
@@ -221,6 +237,9 @@ struct Held {
 
 struct Server {
     control: Shared,
+    /// Wakes the thread's sleep: region events (through `_hook`) and the owner.
+    waker: Arc<Waker>,
+    _hook: EventHook,
     /// A drain under way: its deadline and how many layouts it started with.
     draining: Option<(Instant, usize)>,
     /// A drain started: new layouts are refused for good.
@@ -288,16 +307,39 @@ impl Server {
                 }
             }
             busy |= self.follow_control();
-            if !busy {
-                // Wakes early for CM events; completions and region events wait up to IDLE.
-                match self.channel.next(IDLE) {
-                    Ok(Some(ev)) => self.on_cm(ev),
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!(error = %e, "rdma_cm channel"),
-                }
+            if !busy && !self.arm_and_look() {
+                self.sleep();
             }
         }
         self.close_all();
+    }
+
+    /// Before sleeping: arms every connection's completion queue, then polls them once
+    /// more (a completion that came before the arming does not notify). Whether one had
+    /// something after all.
+    fn arm_and_look(&mut self) -> bool {
+        let keys: Vec<usize> = self.conns.keys().copied().collect();
+        let mut busy = false;
+        for key in keys {
+            if let Some(c) = self.conns.get(&key)
+                && let Err(e) = c.link.arm()
+            {
+                tracing::warn!(peer = %c.peer, error = %e, "arming a completion queue failed");
+            }
+            busy |= self.poll_conn(key);
+        }
+        busy
+    }
+
+    /// Sleeps until a CM event, a completion, a region event or the owner's request
+    /// (or [`IDLE`]).
+    fn sleep(&mut self) {
+        let mut fds = vec![self.channel.fd()];
+        fds.extend(self.conns.values().map(|c| c.link.notify_fd()));
+        sleep::sleep(&self.waker, &fds, IDLE);
+        for c in self.conns.values() {
+            c.link.take_notifications();
+        }
     }
 
     /// Applies new exports, starts and finishes drains; whether anything happened.

@@ -114,14 +114,24 @@ async fn wait_and_finish(
     arrived: Instant,
     limit: Option<Instant>,
 ) {
-    // 3. Wait for guards and returns.
+    // 3. Wait for guards and returns: a return wakes the wait at once (guards are
+    // looked at every POLL: their release is the hot path and signals nothing).
     let mut timed_out = false;
-    while !drained(&owned) {
+    loop {
+        let returned = mgr.returns.notified();
+        tokio::pin!(returned);
+        returned.as_mut().enable();
+        if drained(&owned) {
+            break;
+        }
         if limit.is_none_or(|l| Instant::now() >= l) {
             timed_out = true;
             break;
         }
-        tokio::time::sleep(POLL).await;
+        tokio::select! {
+            () = returned => {}
+            () = tokio::time::sleep(POLL) => {}
+        }
     }
     // 4-7 touch the device and the file: on a blocking thread, serialised with rebuilds.
     let lock = mgr.file_lock(file);

@@ -204,7 +204,7 @@ impl RegionShared {
     }
 
     pub(crate) fn emit_at(&self, mgr: &ManagerInner, kind: RegionEventKind, at: SystemTime) {
-        let _ = mgr.events.send(RegionEvent { region: self.id, kind, at });
+        mgr.publish(RegionEvent { region: self.id, kind, at });
     }
 }
 

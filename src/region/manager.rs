@@ -26,6 +26,8 @@ use crate::metrics::{GrantMetrics, RegionMetrics};
 use crate::sys::{io_errno, page_offset, page_size};
 use crate::verbs::{Context, OdpCaps, ProtectionDomain};
 
+type EventHookFn = Arc<dyn Fn(&RegionEvent) + Send + Sync>;
+
 pub(crate) struct ManagerInner {
     pub(crate) cfg: ManagerConfig,
     pub(crate) engine: LeaseEngine,
@@ -42,6 +44,10 @@ pub(crate) struct ManagerInner {
     /// Serialises revocation tails and rebuilds of one file.
     file_ops: Mutex<HashMap<FileId, Arc<tokio::sync::Mutex<()>>>>,
     pub(crate) events: broadcast::Sender<RegionEvent>,
+    /// Called after each event is sent ([`Manager::on_event`]), by hook id.
+    hooks: parking_lot::RwLock<Vec<(u64, EventHookFn)>>,
+    /// Woken when a grant is returned: a revocation waiting for returns looks at once.
+    pub(crate) returns: tokio::sync::Notify,
     pub(crate) metrics: RegionMetrics,
     pub(crate) grant_metrics: GrantMetrics,
     /// Guard refusals: revoking, revoked, other (pre-created: the refusal path takes no
@@ -59,6 +65,21 @@ pub(crate) struct ManagerInner {
     /// What revocations do to unreturned grants (from `ManagerConfig::revocation`,
     /// changed by [`Manager::set_revocation`]).
     pub(crate) revocation: Mutex<RevocationMode>,
+}
+
+/// A hook installed by [`Manager::on_event`]; dropping it removes the hook.
+#[derive(Debug)]
+pub struct EventHook {
+    mgr: Weak<ManagerInner>,
+    id: u64,
+}
+
+impl Drop for EventHook {
+    fn drop(&mut self) {
+        if let Some(m) = self.mgr.upgrade() {
+            m.hooks.write().retain(|(id, _)| *id != self.id);
+        }
+    }
 }
 
 /// The region manager: a cheap, clonable handle. Needs a tokio runtime (time and I/O);
@@ -154,6 +175,8 @@ impl Manager {
             files: Mutex::new(HashMap::new()),
             file_ops: Mutex::new(HashMap::new()),
             events,
+            hooks: parking_lot::RwLock::new(Vec::new()),
+            returns: tokio::sync::Notify::new(),
             metrics,
             grant_metrics,
             refused,
@@ -180,6 +203,18 @@ impl Manager {
     /// All regions' events.
     pub fn events(&self) -> RegionEvents {
         RegionEvents { rx: self.inner.events.subscribe(), only: None, skipped: 0 }
+    }
+
+    /// Calls `hook` with every region event from now on, right after it is sent to the
+    /// [`RegionEvents`] subscribers, on the thread that emits it (the lease engine's
+    /// break thread, the blocking pool, a caller of the manager). It must return soon and
+    /// must not call `on_event` or drop an [`EventHook`] itself. For a thread that sleeps
+    /// on file descriptors to wake when there is an event to read (the layout server
+    /// writes an eventfd). Dropping the returned [`EventHook`] removes it.
+    pub fn on_event(&self, hook: impl Fn(&RegionEvent) + Send + Sync + 'static) -> EventHook {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        self.inner.hooks.write().push((id, Arc::new(hook)));
+        EventHook { mgr: Arc::downgrade(&self.inner), id }
     }
 
     /// The protection domain regions are registered in: create the queue pairs that
@@ -424,6 +459,25 @@ impl Manager {
 }
 
 impl ManagerInner {
+    /// Sends `ev` to the subscribers, then calls the hooks ([`Manager::on_event`]); a
+    /// returned grant also wakes the revocation waiting for it.
+    pub(crate) fn publish(&self, ev: RegionEvent) {
+        let returned = matches!(ev.kind, super::event::RegionEventKind::Returned { .. });
+        let hooks = self.hooks.read();
+        if hooks.is_empty() {
+            let _ = self.events.send(ev);
+        } else {
+            let _ = self.events.send(ev.clone());
+            for (_, hook) in hooks.iter() {
+                hook(&ev);
+            }
+        }
+        drop(hooks);
+        if returned {
+            self.returns.notify_waiters();
+        }
+    }
+
     /// The cached decision for `(dev, access)`, probing in `path`'s directory if there is
     /// none (or `fresh`).
     pub(crate) fn decide(

@@ -30,7 +30,7 @@ pub use error::RegionError;
 pub use event::{LostReason, RegionEvent, RegionEventKind, RegionEvents, RevokeReason};
 pub use guard::{Guard, GuardError, GuardWord, fast_guards};
 pub use handle::{GuardResult, Region, RegionInfo};
-pub use manager::Manager;
+pub use manager::{EventHook, Manager};
 pub use state::RegionState;
 pub use strategy::{Decision, Strategy};
 

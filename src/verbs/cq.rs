@@ -7,6 +7,7 @@ use nix::errno::Errno;
 use parking_lot::{Condvar, Mutex};
 use rdma_sys as ffi;
 
+use super::comp_channel::CompChannel;
 use super::device::Context;
 use super::error::{VerbsError, VerbsResult};
 
@@ -138,6 +139,8 @@ pub struct CompletionQueue {
     stash: Mutex<Stash>,
     /// Signalled when [`CompletionQueue::deliver`] files one of filemr's completions.
     delivered: Condvar,
+    /// The completion channel it notifies, kept alive until the queue is destroyed.
+    _channel: Option<Arc<CompChannel>>,
 }
 
 // SAFETY: verbs objects are thread-safe.
@@ -148,16 +151,24 @@ unsafe impl Sync for CompletionQueue {}
 impl CompletionQueue {
     /// Create a CQ with room for `entries` completions.
     pub fn new(ctx: &Arc<Context>, entries: u32) -> VerbsResult<Arc<CompletionQueue>> {
+        Self::create(ctx, entries, None)
+    }
+
+    pub(super) fn create(
+        ctx: &Arc<Context>,
+        entries: u32,
+        channel: Option<Arc<CompChannel>>,
+    ) -> VerbsResult<Arc<CompletionQueue>> {
         let n = i32::try_from(entries).map_err(|_| {
             VerbsError::new("ibv_create_cq", Errno::EINVAL, format!("{entries} entries"))
         })?;
-        // SAFETY: the context is live; no channel or user context is attached.
-        let cq = unsafe {
-            ffi::ibv_create_cq(ctx.as_raw(), n, std::ptr::null_mut(), std::ptr::null_mut(), 0)
-        };
+        let ch = channel.as_ref().map_or(std::ptr::null_mut(), |c| c.as_raw());
+        // SAFETY: the context is live; the channel, if any, is live and of this context
+        // (kept alive by the queue); no user context is attached.
+        let cq = unsafe { ffi::ibv_create_cq(ctx.as_raw(), n, std::ptr::null_mut(), ch, 0) };
         let ptr = NonNull::new(cq)
             .ok_or_else(|| VerbsError::last("ibv_create_cq", format!("{entries} entries")))?;
-        Ok(Self::wrap(ptr, ctx, CqPolling::Shared, true))
+        Ok(Self::wrap(ptr, ctx, CqPolling::Shared, true, channel))
     }
 
     fn wrap(
@@ -165,6 +176,7 @@ impl CompletionQueue {
         ctx: &Arc<Context>,
         polling: CqPolling,
         owned: bool,
+        channel: Option<Arc<CompChannel>>,
     ) -> Arc<CompletionQueue> {
         Arc::new(CompletionQueue {
             ptr,
@@ -173,6 +185,7 @@ impl CompletionQueue {
             owned,
             stash: Mutex::default(),
             delivered: Condvar::new(),
+            _channel: channel,
         })
     }
 
@@ -200,7 +213,7 @@ impl CompletionQueue {
                 format!("the completion queue belongs to another context than {}'s", ctx.name()),
             ));
         }
-        Ok(Self::wrap(ptr, ctx, polling, false))
+        Ok(Self::wrap(ptr, ctx, polling, false, None))
     }
 
     /// The raw `ibv_cq` (to create queue pairs on it). Poll it as its [`CqPolling`] says.

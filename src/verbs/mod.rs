@@ -9,6 +9,7 @@
 mod access;
 mod async_event;
 mod cm;
+mod comp_channel;
 mod cq;
 mod device;
 mod error;
@@ -20,6 +21,7 @@ mod qp;
 pub use access::Access;
 pub use async_event::{AsyncEvent, AsyncEvents};
 pub use cm::{CmChannel, CmEvent, CmEventKind, CmId};
+pub use comp_channel::CompChannel;
 pub use cq::{
     CompletionQueue, CqPolling, RESERVED_WR_ID_TAG, WcStatus, WorkCompletion, is_reserved_wr_id,
 };

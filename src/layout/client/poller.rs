@@ -6,31 +6,35 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::super::link::Completion;
+use super::super::sleep;
 use super::super::wire::{Frame, Message};
 use super::{Inner, LayoutEvent, PendingReturn, Phase, RecallPolicy, layout};
 use crate::verbs::CmEventKind;
 
-/// Sleep when nobody waits for anything.
-const IDLE: Duration = Duration::from_millis(1);
-/// Sleep while requests or transfers wait.
-const BUSY: Duration = Duration::from_micros(20);
+/// Longest sleep (a completion, a CM event or the client's stop wakes it before).
+const IDLE: Duration = Duration::from_millis(100);
 
-/// Runs until the client is dropped or stopped.
+/// Runs until the client is dropped or stopped. When a pass finds nothing, it arms the
+/// completion queue, looks once more (a completion that came before the arming does not
+/// notify), and sleeps on the completion and CM channels.
 pub(super) fn run(weak: Weak<Inner>) {
     loop {
         let Some(inner) = weak.upgrade() else { return };
         if inner.stop.load(Ordering::Acquire) {
             return;
         }
-        let progressed = step(&inner);
-        let waiting = {
-            let st = inner.state.lock();
-            !st.pending.is_empty() || st.in_transfer > 0
-        };
-        drop(inner);
-        if !progressed {
-            std::thread::sleep(if waiting { BUSY } else { IDLE });
+        if step(&inner) {
+            continue;
         }
+        if let Err(e) = inner.link.arm() {
+            tracing::warn!(server = %inner.cfg.server, error = %e, "arming the completion queue failed");
+        }
+        if step(&inner) {
+            continue;
+        }
+        let fds = [inner.link.notify_fd(), inner.channel.fd()];
+        sleep::sleep(&inner.waker, &fds, IDLE);
+        inner.link.take_notifications();
     }
 }
 
