@@ -157,7 +157,8 @@ pub fn registration_in(mgr: &Manager, d: &Path) -> String {
     )
 }
 
-/// Serial and N-thread times (medians of `rounds`) of `n` calls of `one(i)`.
+/// Serial and N-thread times (medians of `rounds`) of `n` calls of `one(i)`; the N
+/// threads are started before the clock.
 fn serial_vs_parallel<T: Send>(
     n: usize,
     rounds: usize,
@@ -169,13 +170,24 @@ fn serial_vs_parallel<T: Send>(
         let done: Vec<T> = (0..n).map(&one).collect();
         serial.push(t.elapsed().as_secs_f64());
         drop(done);
-        let t = Instant::now();
+        // The threads exist before the clock starts: their creation is not the work.
+        let start = std::sync::Barrier::new(n + 1);
         let done: Vec<T> = std::thread::scope(|s| {
-            let one = &one;
-            let hs: Vec<_> = (0..n).map(|i| s.spawn(move || one(i))).collect();
-            hs.into_iter().map(|h| h.join().unwrap()).collect()
+            let (one, start) = (&one, &start);
+            let hs: Vec<_> = (0..n)
+                .map(|i| {
+                    s.spawn(move || {
+                        start.wait();
+                        one(i)
+                    })
+                })
+                .collect();
+            start.wait();
+            let t = Instant::now();
+            let done = hs.into_iter().map(|h| h.join().unwrap()).collect();
+            parallel.push(t.elapsed().as_secs_f64());
+            done
         });
-        parallel.push(t.elapsed().as_secs_f64());
         drop(done);
     }
     (median(serial), median(parallel))

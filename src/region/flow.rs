@@ -65,9 +65,22 @@ pub(crate) fn revoke_file(
     for r in mgr.regions_of(file) {
         if r.word.start_revoke() {
             r.set_state(&mgr, &mut r.slot.lock(), RegionState::Revoking);
-            r.emit(&mgr, RegionEventKind::Revoking);
             owned.push(r);
         }
+    }
+    // Idle (nothing to recall or wait for): finish here. Its `Revoking` events go out
+    // just before `Revoked`, after the release: waking their subscribers is not the
+    // breaker's wait. A forced break arrives on a runtime worker, which must not run
+    // device and file work.
+    if reason == RevokeReason::LeaseBroken && drained(&owned) {
+        let lock = mgr.file_lock(file);
+        if let Ok(_serial) = lock.try_lock() {
+            finish_revocation(&mgr, file, &owned, reason, arrived, false, true);
+            return;
+        }
+    }
+    for r in &owned {
+        r.emit(&mgr, RegionEventKind::Revoking);
     }
     // 2. Recall.
     let limit = deadline.map(|d| d.checked_sub(mgr.cfg.safety_margin).unwrap_or(d));
@@ -83,15 +96,6 @@ pub(crate) fn revoke_file(
                     r.emit(&mgr, RegionEventKind::Recall { grant: g.id, deadline: limit });
                 }
             }
-        }
-    }
-    // Idle: finish here. A forced break arrives on a runtime worker, which must not
-    // run device and file work.
-    if reason == RevokeReason::LeaseBroken && drained(&owned) {
-        let lock = mgr.file_lock(file);
-        if let Ok(_serial) = lock.try_lock() {
-            finish_revocation(&mgr, file, &owned, reason, arrived, false);
-            return;
         }
     }
     rt.spawn(wait_and_finish(mgr, file, owned, reason, arrived, limit));
@@ -138,7 +142,7 @@ async fn wait_and_finish(
     let _serial = lock.lock().await;
     let m = mgr.clone();
     let done = tokio::task::spawn_blocking(move || {
-        finish_revocation(&m, file, &owned, reason, arrived, timed_out)
+        finish_revocation(&m, file, &owned, reason, arrived, timed_out, false)
     })
     .await;
     if let Err(e) = done {
@@ -146,7 +150,8 @@ async fn wait_and_finish(
     }
 }
 
-/// Steps 4 to 7.
+/// Steps 4 to 7; `announce`: the regions' `Revoking` events are still to be sent
+/// (an idle file's, sent after the release).
 fn finish_revocation(
     mgr: &Arc<ManagerInner>,
     file: FileId,
@@ -154,6 +159,7 @@ fn finish_revocation(
     reason: RevokeReason,
     arrived: Instant,
     timed_out: bool,
+    announce: bool,
 ) {
     let mut commit_errors = Vec::with_capacity(owned.len());
     let mut unreachable = Vec::with_capacity(owned.len());
@@ -212,6 +218,9 @@ fn finish_revocation(
                 ("forced", forced.to_string()),
             ])
             .inc();
+        if announce {
+            r.emit(mgr, RegionEventKind::Revoking);
+        }
         let kind = RegionEventKind::Revoked {
             reason,
             forced,
