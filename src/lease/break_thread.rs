@@ -39,6 +39,7 @@ pub(crate) fn spawn(
 ) -> std::io::Result<libc::pid_t> {
     let (tid_tx, tid_rx) = std::sync::mpsc::channel();
     std::thread::Builder::new().name("filemr-lease".into()).spawn(move || {
+        signal::mark_break_thread();
         let _ = tid_tx.send(nix::unistd::gettid().as_raw());
         if let Ok(weak) = weak_rx.recv() {
             run(&weak, &rd);

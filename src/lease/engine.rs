@@ -152,7 +152,6 @@ impl LeaseEngine {
             op: "start the lease break thread",
             errno: io_errno(&e),
         })?;
-        signal::set_break_thread(break_tid);
         let inner = Arc::new(Inner {
             cfg,
             sig,

@@ -288,6 +288,24 @@ impl Mapping {
         Ok(())
     }
 
+    /// The 8-byte words of bytes `off..off + 8 * count`, read one at a time as the loop
+    /// asks for them (native endian, unaligned): a pass over memory a peer may be
+    /// writing without copying it first.
+    pub fn words(&self, off: usize, count: usize) -> SysResult<impl Iterator<Item = u64> + '_> {
+        let n = count
+            .checked_mul(8)
+            .ok_or_else(|| SysError::new("words", Errno::ERANGE, format!("{count} words")))?;
+        self.check(off, n, "words")?;
+        let base = self.as_ptr().wrapping_add(off);
+        Ok((0..count).map(move |i| {
+            // SAFETY: word `i` lies inside `off..off + n`, bounds-checked above, and the
+            // mapping lives as long as the iterator borrows it; unaligned reads are
+            // allowed. (A peer's concurrent write makes a word old or new, as with
+            // `read_at`.)
+            unsafe { base.add(i * 8).cast::<u64>().read_unaligned() }
+        }))
+    }
+
     /// Copy bytes into the mapping, starting `off` bytes in.
     pub fn write_at(&self, off: usize, data: &[u8]) -> SysResult<()> {
         self.check(off, data.len(), "write_at")?;

@@ -33,8 +33,13 @@ static N_LEASE_SIGNALS: AtomicU64 = AtomicU64::new(0);
 static N_SIGIO: AtomicU64 = AtomicU64::new(0);
 static N_PIPE_FULL: AtomicU64 = AtomicU64::new(0);
 static N_DIRECT: AtomicU64 = AtomicU64::new(0);
-/// The thread lease signals are directed at (`F_SETOWN_EX`), 0 when none.
-static BREAK_TID: AtomicI32 = AtomicI32::new(0);
+
+thread_local! {
+    /// Set on the break thread, which lease signals are directed at (`F_SETOWN_EX`).
+    /// Constant-initialised and without a destructor: reading it is a plain TLS load,
+    /// fit for a signal handler (a `gettid` would cost a system call per break).
+    static ON_BREAK_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
 /// The `SIGIO` handler the process had before ours (`sa_sigaction` and `sa_flags`),
 /// called after ours: an application's own `O_ASYNC` handling keeps working.
 static PREV_SIGIO: AtomicUsize = AtomicUsize::new(libc::SIG_DFL);
@@ -73,9 +78,10 @@ pub(crate) fn counts() -> HandlerCounts {
     }
 }
 
-/// Records the thread lease signals are directed at (for [`HandlerCounts::direct`]).
-pub(crate) fn set_break_thread(tid: libc::pid_t) {
-    BREAK_TID.store(tid, Ordering::Relaxed);
+/// Marks the calling thread as the one lease signals are directed at (for
+/// [`HandlerCounts::direct`]).
+pub(crate) fn mark_break_thread() {
+    ON_BREAK_THREAD.with(|c| c.set(true));
 }
 
 /// Clears and returns the rescan flag.
@@ -138,8 +144,7 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
         let (code, si_fd) = poll_fields(unsafe { &*info });
         if code > 0 && si_fd >= 0 {
             N_LEASE_SIGNALS.fetch_add(1, Ordering::Relaxed);
-            // SAFETY: gettid(2) is async-signal-safe and takes no arguments.
-            if unsafe { libc::gettid() } == BREAK_TID.load(Ordering::Relaxed) {
+            if ON_BREAK_THREAD.with(std::cell::Cell::get) {
                 N_DIRECT.fetch_add(1, Ordering::Relaxed);
             }
             routed = true;
