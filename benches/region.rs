@@ -298,6 +298,46 @@ pub fn rebuild_in(rt: &tokio::runtime::Runtime, mgr: &Manager, d: &Path) -> Stri
     )
 }
 
+/// Breaks of one idle region of `path` by the breaker, `ROUNDS` times, each waiting for the
+/// rebuild: the medians of the breaker's blocked open and of filemr's own break -> release.
+fn idle_revocations(
+    rt: &tokio::runtime::Runtime,
+    mgr: &Manager,
+    br: &mut support::BlockingBreaker,
+    path: &Path,
+    access: Access,
+) -> (f64, f64) {
+    const ROUNDS: usize = 9;
+    let victim = mgr.register(path, 0, 4096, access).unwrap();
+    let mut events = victim.events();
+    let (mut own, mut blocked) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        br.send(path);
+        let since = rt.block_on(async {
+            loop {
+                let ev = tokio::time::timeout(Duration::from_secs(60), events.recv())
+                    .await
+                    .expect("Revoked in time")
+                    .unwrap();
+                if let RegionEventKind::Revoked { since_break, .. } = ev.kind {
+                    break since_break;
+                }
+            }
+        });
+        own.push(since.as_secs_f64());
+        blocked.push(br.blocked().as_secs_f64());
+        rt.block_on(async {
+            loop {
+                let ev = events.recv().await.unwrap();
+                if matches!(ev.kind, RegionEventKind::Rebuilt { .. }) {
+                    break;
+                }
+            }
+        });
+    }
+    (median(blocked), median(own))
+}
+
 pub fn revocation_in(rt: &tokio::runtime::Runtime, mgr: &Manager, d: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut br = support::BlockingBreaker::spawn();
@@ -306,6 +346,17 @@ pub fn revocation_in(rt: &tokio::runtime::Runtime, mgr: &Manager, d: &Path) -> V
     // thread by `main` before any thread existed; `sigwaitinfo` takes it here.
     let sig = support::bare_signal();
     const SZ: usize = 4096;
+    let line = |what: &str, (ours, own): (f64, f64), theirs: f64| {
+        format!(
+            "revocation of {what}: the breaker's open blocked {:.3} ms (filemr's own break -> \
+             release {:.3} ms); bare fcntl+sigwaitinfo+F_UNLCK {:.3} ms; ratio {:.2} (target \
+             <= 1.5)",
+            ours * 1e3,
+            own * 1e3,
+            theirs * 1e3,
+            ours / theirs
+        )
+    };
     for n in [1usize, 100, 10_000] {
         let files = n.div_ceil(100).max(1);
         let per = n.div_ceil(files);
@@ -321,51 +372,20 @@ pub fn revocation_in(rt: &tokio::runtime::Runtime, mgr: &Manager, d: &Path) -> V
             paths.push(p);
         }
         let victim_path = file(d, "victim", n, SZ);
-        let victim = mgr.register(&victim_path, 0, SZ, Access::ReadWrite).unwrap();
-        let mut events = victim.events();
-        let mut samples = Vec::new();
-        let mut blocked = Vec::new();
-        for _ in 0..5 {
-            br.send(&victim_path);
-            let since = rt.block_on(async {
-                loop {
-                    let ev = tokio::time::timeout(Duration::from_secs(60), events.recv())
-                        .await
-                        .expect("Revoked in time")
-                        .unwrap();
-                    if let RegionEventKind::Revoked { since_break, .. } = ev.kind {
-                        break since_break;
-                    }
-                }
-            });
-            samples.push(since.as_secs_f64());
-            blocked.push(br.blocked().as_secs_f64());
-            rt.block_on(async {
-                loop {
-                    let ev = events.recv().await.unwrap();
-                    if matches!(ev.kind, RegionEventKind::Rebuilt { .. }) {
-                        break;
-                    }
-                }
-            });
-        }
-        let (ours, theirs) =
-            (median(blocked), support::bare_revocation(&bare_path, sig, &mut br, 20));
-        out.push(format!(
-            "revocation of 1 idle region with {n} registered: the breaker's open blocked {:.3} ms \
-             (filemr's own break -> release {:.3} ms); bare fcntl+sigwaitinfo+F_UNLCK {:.3} ms; \
-             ratio {:.2} (target <= 1.5)",
-            ours * 1e3,
-            median(samples) * 1e3,
-            theirs * 1e3,
-            ours / theirs
-        ));
-        drop(victim);
+        let ours = idle_revocations(rt, mgr, &mut br, &victim_path, Access::ReadWrite);
+        let theirs = support::bare_revocation(&bare_path, sig, &mut br, 20);
+        out.push(line(&format!("1 idle region with {n} registered"), ours, theirs));
         drop(regions);
         for p in paths.into_iter().chain([victim_path]) {
             let _ = std::fs::remove_file(p);
         }
     }
+    // The same without the commit: what the rest of the path costs.
+    let victim_path = file(d, "victim-ro", 0, SZ);
+    let ours = idle_revocations(rt, mgr, &mut br, &victim_path, Access::Read);
+    let theirs = support::bare_revocation(&bare_path, sig, &mut br, 20);
+    out.push(line("1 idle read-only region (nothing to commit), 1 registered", ours, theirs));
+    let _ = std::fs::remove_file(&victim_path);
     let _ = std::fs::remove_file(&bare_path);
     out
 }
