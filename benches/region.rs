@@ -126,30 +126,31 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-pub fn registration_in(mgr: &Manager, d: &Path) -> String {
-    const LEN: usize = 8 << 20;
-    const ITERS: usize = 20;
-    let path = file(d, "reg", 0, LEN);
+/// One region of `len` bytes registered by the manager against the same memory
+/// registered raw (medians of `iters`).
+pub fn registration_in(mgr: &Manager, d: &Path, len: usize, iters: usize) -> String {
+    let path = file(d, "reg", 0, len);
     // Warm the probe cache: the probe runs once per file system and access.
-    drop(mgr.register(&path, 0, LEN, Access::ReadWrite).unwrap());
+    drop(mgr.register(&path, 0, len, Access::ReadWrite).unwrap());
     let strategy = mgr.decision(&path, Access::ReadWrite).unwrap().strategy;
     let (mut ours, mut raw) = (Vec::new(), Vec::new());
-    for _ in 0..ITERS {
+    for _ in 0..iters {
         let t = Instant::now();
-        let r = mgr.register(&path, 0, LEN, Access::ReadWrite).unwrap();
+        let r = mgr.register(&path, 0, len, Access::ReadWrite).unwrap();
         ours.push(t.elapsed().as_secs_f64());
         drop(r);
         // Raw: the same memory the strategy registers, through ibv_reg_mr directly.
         let f = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
         let t = Instant::now();
-        let (mr, map) = raw_registration(mgr, strategy, f.as_fd(), LEN);
+        let (mr, map) = raw_registration(mgr, strategy, f.as_fd(), len);
         raw.push(t.elapsed().as_secs_f64());
         drop((mr, map, f));
     }
     let (o, r) = (median(ours), median(raw));
     let _ = std::fs::remove_file(&path);
     format!(
-        "registration of 8 MiB ({}): manager {:.3} ms, raw mmap+ibv_reg_mr {:.3} ms, ratio {:.2} (target <= 1.05; staging also copies the file in)",
+        "registration of {} MiB ({}): manager {:.3} ms, raw mmap+ibv_reg_mr {:.3} ms, ratio {:.2} (target <= 1.05; staging also copies the file in)",
+        len >> 20,
         strategy.label(),
         o * 1e3,
         r * 1e3,
@@ -408,7 +409,10 @@ fn main() {
     };
     match mgr {
         Ok(mgr) => {
-            println!("{}", registration_in(&mgr, &dir()));
+            // 192 MiB: the largest that fits the guests' 256 MiB page-cache file system
+            // (the issue asks for 1 GiB; the ratio is what is compared).
+            println!("{}", registration_in(&mgr, &dir(), 8 << 20, 20));
+            println!("{}", registration_in(&mgr, &dir(), 192 << 20, 3));
             for line in parallel_registration_in(&mgr, &dir()) {
                 println!("{line}");
             }
