@@ -101,5 +101,32 @@ fn application_signal_handlers_keep_working_beside_the_lease_engine() {
     engine.release(lease.file_id()).unwrap();
     assert!(writer.wait().unwrap().success());
     drop(lease);
+    let stats = engine.stats();
+    assert_eq!((stats.signals, stats.direct_signals), (1, 1), "taken on the break thread");
+
+    // A break signalled to the process instead (as in the moment between F_SETLEASE and
+    // F_SETOWN_EX) lands on another thread: its handler passes it on, and it arrives.
+    let path = dir.join("g");
+    std::fs::write(&path, b"data").unwrap();
+    let lease = engine.acquire(&path, LeaseKind::Read).unwrap();
+    // SAFETY: fcntl on the lease's live fd.
+    assert_eq!(unsafe { libc::fcntl(lease.fd().as_raw_fd(), libc::F_SETOWN, libc::getpid()) }, 0);
+    let mut writer = std::process::Command::new("sh")
+        .args(["-c", "exec 3>>\"$0\"", path.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    let ev = rt
+        .block_on(tokio::time::timeout(Duration::from_secs(10), events.recv()))
+        .expect("a break within 10 s")
+        .expect("the engine's events");
+    assert!(
+        matches!(ev, LeaseEvent::Broken { file, via_rescan: false, .. } if file == lease.file_id()),
+        "{ev:?}"
+    );
+    engine.release(lease.file_id()).unwrap();
+    assert!(writer.wait().unwrap().success());
+    let stats = engine.stats();
+    assert_eq!((stats.signals, stats.direct_signals), (2, 1), "through the handler: {stats:?}");
+    drop(lease);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,4 +1,5 @@
-//! The break thread: reads the signal self-pipe, routes each break to its lease,
+//! The break thread: takes the lease signal (and the self-pipe's words), routes each
+//! break to its lease,
 //! rescans all leases with `F_GETLEASE` after a signal-queue overflow, and watches
 //! break deadlines for forced breaks.
 
@@ -13,7 +14,7 @@ use super::LeaseEvent;
 use super::engine::Inner;
 use super::entry::{Entry, LeaseKind, LeaseState};
 use crate::sys::lease::{self as raw, RawLease};
-use crate::sys::signal::{self, RESCAN_MARK};
+use crate::sys::signal::{self, RESCAN_MARK, Taken};
 
 /// Slack after the deadline before checking for a forced break.
 const FORCED_SLACK: Duration = Duration::from_millis(20);
@@ -26,55 +27,57 @@ pub(crate) fn break_pending(kind: LeaseKind, now: RawLease) -> bool {
     }
 }
 
-/// Starts the break thread: it blocks reading the signal self-pipe (`rd`, blocking) and
-/// delivers each break where it reads it. Leases direct their break signal at this
-/// thread (`F_SETOWN_EX`, see [`raw::set_owner_thread`]), so the signal's handler runs on
-/// it and the read it interrupted returns the word at once: one wakeup from the break to
-/// the engine's subscribers, whose handlers (`LeaseEngine::on_event`) run here too.
-/// Returns the thread's id; the thread gets its engine through `weak_rx` and stops when
-/// the pipe's write end closes (the engine is gone).
+/// How long the break thread waits for a signal before it looks whether its engine is
+/// gone (the engine's drop also wakes it) and at the pipe, as a safety net.
+const WAIT: Duration = Duration::from_secs(1);
+
+/// Starts the break thread. Leases direct their break signal `sig` at it
+/// (`F_SETOWN_EX`, see [`raw::set_owner_thread`]); it blocks the signal and takes each
+/// with `sigtimedwait`, `si_fd` and all: one wakeup from the break to the engine's
+/// subscribers, whose handlers (`LeaseEngine::on_event`) run here too. Breaks that
+/// reached another thread come through the self-pipe (`rd`, non-blocking), which the
+/// handler there fills before waking this thread. Returns the thread's id; the thread
+/// gets its engine through `weak_rx` and stops once the engine is gone.
 pub(crate) fn spawn(
     rd: OwnedFd,
+    sig: libc::c_int,
     weak_rx: std::sync::mpsc::Receiver<Weak<Inner>>,
 ) -> std::io::Result<libc::pid_t> {
     let (tid_tx, tid_rx) = std::sync::mpsc::channel();
     std::thread::Builder::new().name("filemr-lease".into()).spawn(move || {
-        signal::mark_break_thread();
-        let _ = tid_tx.send(nix::unistd::gettid().as_raw());
-        if let Ok(weak) = weak_rx.recv() {
-            run(&weak, &rd);
+        let tid = signal::become_break_thread(sig).map_err(std::io::Error::from);
+        let started = tid.is_ok();
+        let _ = tid_tx.send(tid);
+        if started && let Ok(weak) = weak_rx.recv() {
+            run(&weak, &rd, sig);
         }
     })?;
-    tid_rx.recv().map_err(|_| std::io::Error::other("the lease break thread did not start"))
+    tid_rx.recv().map_err(|_| std::io::Error::other("the lease break thread did not start"))?
 }
 
-fn run(weak: &Weak<Inner>, pipe: &OwnedFd) {
+fn run(weak: &Weak<Inner>, pipe: &OwnedFd, sig: libc::c_int) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = match nix::unistd::read(pipe.as_fd(), &mut buf) {
-            Ok(0) => return,
-            Ok(n) => n,
-            Err(Errno::EINTR) => continue,
+        let taken = match signal::wait(sig, WAIT) {
+            Ok(t) => t,
             Err(e) => {
-                tracing::error!("lease signal pipe read failed: {e}; the break thread stops");
+                tracing::error!("waiting for the lease signal failed: {e}; the break thread stops");
                 return;
             }
         };
-        // Every write is one 4-byte word (atomic on a pipe), so reads return whole words.
         let mut fds = Vec::new();
         let mut marked = false;
-        for w in buf[..n].chunks_exact(4) {
-            let word = i32::from_ne_bytes([w[0], w[1], w[2], w[3]]);
-            if word == RESCAN_MARK {
-                marked = true;
-            } else {
-                fds.push(word);
-            }
+        match taken {
+            Taken::Break(fd) => fds.push(fd),
+            Taken::Other | Taken::Nothing => marked = drain(pipe, &mut buf, &mut fds),
         }
         let rescan = signal::take_rescan() || marked;
         let Some(inner) = weak.upgrade() else {
             return;
         };
+        if fds.is_empty() && !rescan {
+            continue;
+        }
         let arrived = Instant::now();
         let deadline = arrived + inner.break_time.now();
         for fd in fds {
@@ -89,6 +92,33 @@ fn run(weak: &Weak<Inner>, pipe: &OwnedFd) {
         }
         if rescan {
             rescan_all(&inner, arrived, deadline);
+        }
+    }
+}
+
+/// Reads what the handler left in the pipe: lease fds into `fds`; whether a rescan mark
+/// was among them.
+fn drain(pipe: &OwnedFd, buf: &mut [u8], fds: &mut Vec<i32>) -> bool {
+    let mut marked = false;
+    loop {
+        match nix::unistd::read(pipe.as_fd(), buf) {
+            Ok(0) | Err(Errno::EAGAIN) => return marked,
+            // Every write is one 4-byte word (atomic on a pipe): reads return whole words.
+            Ok(n) => {
+                for w in buf[..n].chunks_exact(4) {
+                    let word = i32::from_ne_bytes([w[0], w[1], w[2], w[3]]);
+                    if word == RESCAN_MARK {
+                        marked = true;
+                    } else {
+                        fds.push(word);
+                    }
+                }
+            }
+            Err(Errno::EINTR) => {}
+            Err(e) => {
+                tracing::error!("lease signal pipe read failed: {e}; rescanning");
+                return true;
+            }
         }
     }
 }

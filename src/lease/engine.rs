@@ -71,6 +71,8 @@ impl Drop for Inner {
         for t in self.tasks.get_mut().drain(..) {
             t.abort();
         }
+        // The break thread finds the engine gone and stops.
+        signal::wake_break_thread();
     }
 }
 
@@ -115,11 +117,8 @@ impl LeaseEngine {
                 errno: Errno::EINVAL,
             });
         }
-        // The write end never blocks the signal handler; the break thread blocks on the
-        // read end.
-        let (rd, wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(setup("pipe2"))?;
-        nix::fcntl::fcntl(&wr, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
-            .map_err(setup("fcntl(F_SETFL, O_NONBLOCK)"))?;
+        let (rd, wr) =
+            nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).map_err(setup("pipe2"))?;
         let cap = i32::try_from(cfg.pipe_capacity).unwrap_or(i32::MAX);
         if let Err(e) = nix::fcntl::fcntl(&wr, FcntlArg::F_SETPIPE_SZ(cap)) {
             tracing::debug!("F_SETPIPE_SZ({cap}) failed: {e}; keeping the default pipe size");
@@ -148,7 +147,7 @@ impl LeaseEngine {
         })?;
         // Started after the claim: the thread stops when the slot's write end closes.
         let (weak_tx, weak_rx) = std::sync::mpsc::channel();
-        let break_tid = break_thread::spawn(rd, weak_rx).map_err(|e| LeaseError::Setup {
+        let break_tid = break_thread::spawn(rd, sig, weak_rx).map_err(|e| LeaseError::Setup {
             op: "start the lease break thread",
             errno: io_errno(&e),
         })?;

@@ -22,28 +22,14 @@ pub fn holds_write(fd: BorrowedFd<'_>) -> Result<bool, Errno> {
     get_lease(fd).map(|l| l == RawLease::Write)
 }
 
-fn sigset_of(sig: i32) -> libc::sigset_t {
-    // SAFETY: a zeroed sigset_t is valid storage; sigemptyset/sigaddset initialise it.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid, exclusively borrowed sigset_t.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, sig);
-    }
-    set
-}
-
 /// Blocks `sig` in the calling thread (threads it spawns later inherit the mask).
 pub fn block(sig: i32) -> Result<(), Errno> {
-    let set = sigset_of(sig);
-    // SAFETY: `set` is initialised; the old-mask pointer may be null.
-    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if rc == 0 { Ok(()) } else { Err(Errno::from_raw(rc)) }
+    super::signal::block(sig)
 }
 
 /// Waits for `sig` (blocked beforehand) with `sigwaitinfo`; returns its `si_fd`.
 pub fn wait_fd(sig: i32) -> Result<i32, Errno> {
-    let set = sigset_of(sig);
+    let set = super::signal::sigset_of(sig);
     loop {
         // SAFETY: a zeroed siginfo_t is valid output storage for sigwaitinfo.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };

@@ -1,14 +1,17 @@
-//! The process-wide lease signal handler.
+//! The lease signal: waited for by the engine's break thread, handled everywhere else.
 //!
-//! A lease break is signalled to the *process*: the kernel picks any thread that does not
-//! block the signal. A library inside a multi-threaded tokio runtime cannot make every
-//! thread block it (which a `signalfd` would need), so this module installs an
-//! `SA_SIGINFO` handler instead. The handler only performs async-signal-safe work: it
+//! Each lease directs its break signal at the break thread (`F_SETOWN_EX`), which blocks
+//! the signal and takes it with `sigtimedwait` ([`wait`]), `si_fd` and all, as a bare
+//! `sigwaitinfo` loop does. A signal can still reach another thread: one sent to the
+//! *process* (a break in the moment between `F_SETLEASE` and `F_SETOWN_EX`, a user's
+//! `kill`), which the kernel gives to any thread that does not block it. A library inside
+//! a multi-threaded tokio runtime cannot make every thread block it, so this module also
+//! installs an `SA_SIGINFO` handler. The handler only performs async-signal-safe work: it
 //! writes the break's `si_fd` (4 bytes, atomic for a pipe) into a non-blocking self-pipe
-//! that the engine's break thread reads. A plain `SIGIO` (what the kernel sends when the
-//! real-time signal queue is full), a real-time signal sent by a user (`kill`,
-//! `sigqueue`: no `si_fd`), or a full pipe sets the `RESCAN` flag instead, and the
-//! listener then checks every lease with `F_GETLEASE`.
+//! and wakes the break thread (`tgkill`), which then drains the pipe. A plain `SIGIO`
+//! (what the kernel sends when the real-time signal queue is full), a real-time signal
+//! sent by a user (`kill`, `sigqueue`: no `si_fd`), or a full pipe sets the `RESCAN` flag
+//! instead, and the break thread then checks every lease with `F_GETLEASE`.
 //!
 //! This is the one piece of global state the lease layer needs: signal dispositions are
 //! per process. Once installed the handlers stay installed (restoring the default action
@@ -33,13 +36,8 @@ static N_LEASE_SIGNALS: AtomicU64 = AtomicU64::new(0);
 static N_SIGIO: AtomicU64 = AtomicU64::new(0);
 static N_PIPE_FULL: AtomicU64 = AtomicU64::new(0);
 static N_DIRECT: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    /// Set on the break thread, which lease signals are directed at (`F_SETOWN_EX`).
-    /// Constant-initialised and without a destructor: reading it is a plain TLS load,
-    /// fit for a signal handler (a `gettid` would cost a system call per break).
-    static ON_BREAK_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
+/// The break thread (0: none), which the handler wakes after writing the pipe.
+static BREAK_TID: AtomicI32 = AtomicI32::new(0);
 /// The `SIGIO` handler the process had before ours (`sa_sigaction` and `sa_flags`),
 /// called after ours: an application's own `O_ASYNC` handling keeps working.
 static PREV_SIGIO: AtomicUsize = AtomicUsize::new(libc::SIG_DFL);
@@ -78,10 +76,86 @@ pub(crate) fn counts() -> HandlerCounts {
     }
 }
 
-/// Marks the calling thread as the one lease signals are directed at (for
-/// [`HandlerCounts::direct`]).
-pub(crate) fn mark_break_thread() {
-    ON_BREAK_THREAD.with(|c| c.set(true));
+pub(crate) fn sigset_of(sig: libc::c_int) -> libc::sigset_t {
+    // SAFETY: a zeroed sigset_t is valid storage; sigemptyset/sigaddset initialise it.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, exclusively borrowed sigset_t.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+    }
+    set
+}
+
+/// Blocks `sig` in the calling thread (threads it spawns later inherit the mask).
+pub(crate) fn block(sig: libc::c_int) -> Result<(), Errno> {
+    let set = sigset_of(sig);
+    // SAFETY: `set` is initialised; the old-mask pointer may be null.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc == 0 { Ok(()) } else { Err(Errno::from_raw(rc)) }
+}
+
+/// Makes the calling thread the break thread: it blocks `sig` (so the signals directed
+/// at it wait for [`wait`]) and is the one the handler wakes.
+pub(crate) fn become_break_thread(sig: libc::c_int) -> Result<libc::pid_t, Errno> {
+    block(sig)?;
+    let tid = nix::unistd::gettid().as_raw();
+    BREAK_TID.store(tid, Ordering::Release);
+    Ok(tid)
+}
+
+/// What [`wait`] took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Taken {
+    /// A lease break signalled by the kernel, for this lease fd.
+    Break(libc::c_int),
+    /// The signal without a lease fd: the handler's wake-up, a user's signal (look at
+    /// the pipe and the rescan flag).
+    Other,
+    /// Nothing within the timeout, or an interruption (a `SIGIO` handled on this thread).
+    Nothing,
+}
+
+/// Waits up to `timeout` for `sig`, blocked in the calling thread (see
+/// [`become_break_thread`]).
+pub(crate) fn wait(sig: libc::c_int, timeout: std::time::Duration) -> Result<Taken, Errno> {
+    let set = sigset_of(sig);
+    let ts = libc::timespec {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+    };
+    // SAFETY: a zeroed siginfo_t is valid output storage.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set`, `info` and `ts` are valid for the call.
+    let rc = unsafe { libc::sigtimedwait(&set, &mut info, &ts) };
+    match Errno::result(rc) {
+        Ok(_) => {
+            let (code, fd) = poll_fields(&info);
+            if code > 0 && fd >= 0 {
+                N_LEASE_SIGNALS.fetch_add(1, Ordering::Relaxed);
+                N_DIRECT.fetch_add(1, Ordering::Relaxed);
+                Ok(Taken::Break(fd))
+            } else {
+                Ok(Taken::Other)
+            }
+        }
+        Err(Errno::EAGAIN | Errno::EINTR) => Ok(Taken::Nothing),
+        Err(e) => Err(e),
+    }
+}
+
+/// Wakes the break thread (from the handler, or when the engine stops).
+pub(crate) fn wake_break_thread() {
+    let tid = BREAK_TID.load(Ordering::Acquire);
+    let sig = LEASE_SIG.load(Ordering::Relaxed);
+    if tid == 0 || sig == 0 {
+        return;
+    }
+    // SAFETY: getpid(2) and tgkill(2) are async-signal-safe and take plain integers; a
+    // tid that is gone (or not of this process) makes tgkill fail with ESRCH.
+    unsafe {
+        libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, sig);
+    }
 }
 
 /// Clears and returns the rescan flag.
@@ -144,13 +218,10 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
         let (code, si_fd) = poll_fields(unsafe { &*info });
         if code > 0 && si_fd >= 0 {
             N_LEASE_SIGNALS.fetch_add(1, Ordering::Relaxed);
-            if ON_BREAK_THREAD.with(std::cell::Cell::get) {
-                N_DIRECT.fetch_add(1, Ordering::Relaxed);
-            }
             routed = true;
             if fd >= 0 && !write_word(fd, si_fd) {
                 N_PIPE_FULL.fetch_add(1, Ordering::Relaxed);
-                // A full pipe wakes the listener anyway; it rescans after draining.
+                // The break thread rescans when it finds the flag.
                 RESCAN.store(true, Ordering::Release);
             }
         }
@@ -161,6 +232,9 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
         if fd >= 0 && !write_word(fd, RESCAN_MARK) {
             N_PIPE_FULL.fetch_add(1, Ordering::Relaxed);
         }
+    }
+    if fd >= 0 {
+        wake_break_thread();
     }
     if sig == libc::SIGIO {
         // A plain SIGIO may be the application's (O_ASYNC) as well as the overflow of
