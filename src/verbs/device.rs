@@ -167,6 +167,8 @@ pub struct Context {
     name: String,
     /// Opened by filemr (closed on drop), or the application's (left open).
     owned: bool,
+    /// The capabilities, queried once (they do not change while the device is open).
+    caps: std::sync::OnceLock<DeviceCaps>,
 }
 
 // SAFETY: libibverbs contexts are thread-safe; all verbs on them may be called from any
@@ -193,7 +195,7 @@ impl Context {
                 let ctx = unsafe { ffi::ibv_open_device(dev) };
                 let ptr =
                     NonNull::new(ctx).ok_or_else(|| VerbsError::last("ibv_open_device", name))?;
-                return Ok(Context { ptr, name: n, owned: true });
+                return Ok(Context { ptr, name: n, owned: true, caps: Default::default() });
             }
             seen.push(n);
         }
@@ -219,7 +221,7 @@ impl Context {
         // SAFETY: the caller promises an open context; its `device` is set by libibverbs.
         let dev = unsafe { ptr.as_ref().device };
         let name = if dev.is_null() { String::new() } else { device_name(dev) };
-        Ok(Context { ptr, name, owned: false })
+        Ok(Context { ptr, name, owned: false, caps: Default::default() })
     }
 
     /// The device's name.
@@ -238,8 +240,17 @@ impl Context {
         self.ptr.as_ptr()
     }
 
-    /// Query capabilities with `ibv_query_device_ex` (ODP caps, max MR size, MW support).
+    /// The capabilities from `ibv_query_device_ex` (ODP caps, max MR size, MW support),
+    /// queried on the first call and kept (a queue pair's connection asks for them).
     pub fn caps(&self) -> VerbsResult<DeviceCaps> {
+        if let Some(c) = self.caps.get() {
+            return Ok(c.clone());
+        }
+        let c = self.query_caps()?;
+        Ok(self.caps.get_or_init(|| c).clone())
+    }
+
+    fn query_caps(&self) -> VerbsResult<DeviceCaps> {
         // SAFETY: `ibv_device_attr_ex` is plain old data; all-zero is a valid value.
         let mut attr: ffi::ibv_device_attr_ex = unsafe { std::mem::zeroed() };
         let ret = match self.verbs_context() {

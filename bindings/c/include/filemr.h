@@ -40,6 +40,10 @@
 // The region is gone for good (`lost_reason`): free it.
 #define FILEMR_EVENT_LOST 9
 
+// The device went away and the region waits for it (`FILEMR_RESUME`): grants fenced,
+// nothing registered; `FILEMR_EVENT_REBUILT` follows when the device is back.
+#define FILEMR_EVENT_SUSPENDED 10
+
 // `lost_reason`: the file shrank below the region.
 #define FILEMR_LOST_SHRUNK 1
 
@@ -64,6 +68,13 @@
 
 // `flags` bit: always stage in registered DRAM, never register the file in place.
 #define FILEMR_STAGE_ONLY 2
+
+// `flags` bit, `filemr_manager_open` only: when the device goes away the regions are
+// suspended (`FILEMR_EVENT_SUSPENDED`, grants fenced, leases kept), and rebuilt at the
+// same addresses with new keys (`FILEMR_EVENT_REBUILT`) when a device of that name is
+// back, instead of lost (`FILEMR_LOST_DEVICE_GONE`). The manager's protection domain is
+// replaced meanwhile: get it again with `filemr_manager_verbs` (`ENODEV` while gone).
+#define FILEMR_RESUME 4
 
 // Peers may RDMA READ the region (read lease).
 #define FILEMR_ACCESS_READ 1
@@ -218,8 +229,8 @@ size_t filemr_last_error(char *buf, size_t len);
 bool filemr_is_reserved_wr_id(uint64_t wr_id);
 
 // Opens the RDMA device `device` (e.g. `"rxe0"`), allocates a protection domain and
-// starts a manager with its own runtime threads; `flags` is a set of `FILEMR_RETARGET`
-// and `FILEMR_STAGE_ONLY`. On success `*out` is the manager (free it with
+// starts a manager with its own runtime threads; `flags` is a set of `FILEMR_RETARGET`,
+// `FILEMR_STAGE_ONLY` and `FILEMR_RESUME`. On success `*out` is the manager (free it with
 // `filemr_manager_close`).
 //
 // One manager per process: a second fails with `EBUSY`. Thread-safe.
@@ -232,8 +243,9 @@ int filemr_manager_open(const char *device, uint32_t flags, struct filemr_manage
 // Starts a manager over the application's own device context and protection domain:
 // regions are registered in `pd`, so they can be granted on the application's queue
 // pairs in `pd` (`filemr_qp_adopt`). filemr never closes `ctx` or deallocates `pd`.
-// `flags` as for `filemr_manager_open`. Fails with `EINVAL` for NULL pointers or a `pd`
-// of another context.
+// `flags` as for `filemr_manager_open`, but `FILEMR_RESUME` is refused (`EINVAL`): filemr
+// cannot reopen the application's device. Fails with `EINVAL` for NULL pointers or a
+// `pd` of another context.
 //
 // One manager per process: a second fails with `EBUSY`. Thread-safe.
 //
@@ -261,7 +273,9 @@ int filemr_manager_close(struct filemr_manager *m);
 
 // The manager's device context and protection domain: create the queue pairs that serve
 // peers in `*pd` (either out-pointer may be NULL). They stay valid until the manager is
-// closed; do not free them. Thread-safe.
+// closed; do not free them. With `FILEMR_RESUME`, only until the device goes away
+// (`FILEMR_EVENT_SUSPENDED`; `ENODEV` meanwhile): once it is back, call this again for
+// the new ones. Thread-safe.
 //
 // # Safety
 //

@@ -31,6 +31,9 @@ pub const FILEMR_EVENT_REBUILT: u32 = 7;
 pub const FILEMR_EVENT_AVAILABLE: u32 = 8;
 /// The region is gone for good (`lost_reason`): free it.
 pub const FILEMR_EVENT_LOST: u32 = 9;
+/// The device went away and the region waits for it (`FILEMR_RESUME`): grants fenced,
+/// nothing registered; `FILEMR_EVENT_REBUILT` follows when the device is back.
+pub const FILEMR_EVENT_SUSPENDED: u32 = 10;
 
 /// `lost_reason`: the file shrank below the region.
 pub const FILEMR_LOST_SHRUNK: u32 = 1;
@@ -126,6 +129,7 @@ impl filemr_event {
                     _ => 0,
                 };
             }
+            RegionEventKind::Suspended { .. } => c.kind = FILEMR_EVENT_SUSPENDED,
             _ => {}
         }
         c

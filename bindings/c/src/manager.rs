@@ -20,6 +20,12 @@ use crate::table::{self, Object};
 pub const FILEMR_RETARGET: u32 = 1;
 /// `flags` bit: always stage in registered DRAM, never register the file in place.
 pub const FILEMR_STAGE_ONLY: u32 = 2;
+/// `flags` bit, `filemr_manager_open` only: when the device goes away the regions are
+/// suspended (`FILEMR_EVENT_SUSPENDED`, grants fenced, leases kept), and rebuilt at the
+/// same addresses with new keys (`FILEMR_EVENT_REBUILT`) when a device of that name is
+/// back, instead of lost (`FILEMR_LOST_DEVICE_GONE`). The manager's protection domain is
+/// replaced meanwhile: get it again with `filemr_manager_verbs` (`ENODEV` while gone).
+pub const FILEMR_RESUME: u32 = 4;
 
 /// filemr's manager and what the C layer keeps with it.
 pub(crate) struct ManagerHandle {
@@ -63,7 +69,7 @@ impl Drop for ManagerHandle {
 }
 
 fn config(device: &str, flags: u32) -> Result<ManagerConfig> {
-    if flags & !(FILEMR_RETARGET | FILEMR_STAGE_ONLY) != 0 {
+    if flags & !(FILEMR_RETARGET | FILEMR_STAGE_ONLY | FILEMR_RESUME) != 0 {
         return Err(Fail::invalid(format!("unknown flags {flags:#x}")));
     }
     let mut cfg = ManagerConfig::new(device);
@@ -71,6 +77,7 @@ fn config(device: &str, flags: u32) -> Result<ManagerConfig> {
         cfg.revocation = RevocationMode::Retarget;
     }
     cfg.in_place = flags & FILEMR_STAGE_ONLY == 0;
+    cfg.resume_on_device_return = flags & FILEMR_RESUME != 0;
     Ok(cfg)
 }
 
@@ -111,8 +118,8 @@ fn start(
 }
 
 /// Opens the RDMA device `device` (e.g. `"rxe0"`), allocates a protection domain and
-/// starts a manager with its own runtime threads; `flags` is a set of `FILEMR_RETARGET`
-/// and `FILEMR_STAGE_ONLY`. On success `*out` is the manager (free it with
+/// starts a manager with its own runtime threads; `flags` is a set of `FILEMR_RETARGET`,
+/// `FILEMR_STAGE_ONLY` and `FILEMR_RESUME`. On success `*out` is the manager (free it with
 /// `filemr_manager_close`).
 ///
 /// One manager per process: a second fails with `EBUSY`. Thread-safe.
@@ -135,8 +142,9 @@ pub unsafe extern "C" fn filemr_manager_open(
 /// Starts a manager over the application's own device context and protection domain:
 /// regions are registered in `pd`, so they can be granted on the application's queue
 /// pairs in `pd` (`filemr_qp_adopt`). filemr never closes `ctx` or deallocates `pd`.
-/// `flags` as for `filemr_manager_open`. Fails with `EINVAL` for NULL pointers or a `pd`
-/// of another context.
+/// `flags` as for `filemr_manager_open`, but `FILEMR_RESUME` is refused (`EINVAL`): filemr
+/// cannot reopen the application's device. Fails with `EINVAL` for NULL pointers or a
+/// `pd` of another context.
 ///
 /// One manager per process: a second fails with `EBUSY`. Thread-safe.
 ///
@@ -153,6 +161,11 @@ pub unsafe extern "C" fn filemr_manager_adopt(
     out: *mut *mut filemr_manager,
 ) -> c_int {
     run("filemr_manager_adopt", || {
+        if flags & FILEMR_RESUME != 0 {
+            return Err(Fail::invalid(
+                "FILEMR_RESUME needs a manager that opened its device (filemr_manager_open)",
+            ));
+        }
         let cfg = config("", flags)?;
         // SAFETY: the caller keeps both alive until the manager is closed (above).
         let ctx = Arc::new(unsafe { Context::from_raw(ctx) }?);
@@ -194,7 +207,9 @@ pub(crate) fn manager(m: *const filemr_manager) -> Result<(u64, Arc<ManagerHandl
 
 /// The manager's device context and protection domain: create the queue pairs that serve
 /// peers in `*pd` (either out-pointer may be NULL). They stay valid until the manager is
-/// closed; do not free them. Thread-safe.
+/// closed; do not free them. With `FILEMR_RESUME`, only until the device goes away
+/// (`FILEMR_EVENT_SUSPENDED`; `ENODEV` meanwhile): once it is back, call this again for
+/// the new ones. Thread-safe.
 ///
 /// # Safety
 ///

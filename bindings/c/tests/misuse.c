@@ -75,6 +75,7 @@ int main(int argc, char **argv)
     EXPECT(filemr_manager_open("no-such-device", 0, &m), ENODEV);
     EXPECT(filemr_manager_open(device, 0x80, &m), EINVAL);
     EXPECT(filemr_manager_adopt(NULL, NULL, 0, &m), EINVAL);
+    EXPECT(filemr_manager_adopt(NULL, NULL, FILEMR_RESUME, &m), EINVAL);
     EXPECT(filemr_manager_open(device, 0, &m), 0);
     EXPECT(filemr_manager_open(device, 0, &m2), EBUSY);
 
@@ -142,7 +143,7 @@ int main(int argc, char **argv)
     EXPECT(filemr_register(m, path, 0, 4096, FILEMR_ACCESS_READ, &r), EBADF);
 
     /* The lease engine and the device were released: a new manager starts. */
-    EXPECT(filemr_manager_open(device, FILEMR_STAGE_ONLY, &m), 0);
+    EXPECT(filemr_manager_open(device, FILEMR_STAGE_ONLY | FILEMR_RESUME, &m), 0);
     EXPECT(filemr_register(m, path, 0, 4096, FILEMR_ACCESS_READ, &r), 0);
     EXPECT(filemr_region_get_info(r, &info), 0);
     CHECK(info.strategy == FILEMR_STRATEGY_STAGING);
