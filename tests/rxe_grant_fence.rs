@@ -1,11 +1,15 @@
 //! Fence mode with a peer that never answers the recall, in its own process (it lowers
-//! the system-wide lease-break-time): the peer's window is invalidated before the commit,
-//! so every write the peer saw succeed is in the file, and the first that fails is not.
+//! the system-wide lease-break-time), the peer on the other end of the veth link (the
+//! manager on the link's server device): the peer's window is invalidated before the
+//! commit, so every write the peer saw succeed is in the file, and the first that fails
+//! is not.
 
 #[path = "guest/mod.rs"]
 mod guest;
 #[path = "region_support/mod.rs"]
 mod region_support;
+#[path = "../examples/embed/remote_peer.rs"]
+mod remote_peer;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +20,7 @@ use filemr::region::{Access, RegionEventKind, Strategy};
 use filemr::verbs::WcStatus;
 use guest::{BreakTime, GuestEnv};
 use region_support::*;
+use remote_peer::RemotePeer;
 
 const LEN: usize = 4 << 20;
 const SLOT: usize = 8;
@@ -25,6 +30,7 @@ const SLOT: usize = 8;
 #[test]
 #[ignore = "needs rxe0 (SoftRoCE) as root: cargo xtask test runs it in the qemu guests"]
 fn streaming_peer_is_fenced_before_the_commit_and_loses_no_acknowledged_write() {
+    CONFIGURE.get_or_init(|| |c| c.device = guest::var("FILEMR_SERVER_DEVICE"));
     let env = GuestEnv::get();
     let _bt = BreakTime::set(3);
     for (dir, fs) in [(&env.dax_dir, "fs-dax"), (&env.pagecache_dir, "page cache")] {
@@ -32,15 +38,16 @@ fn streaming_peer_is_fenced_before_the_commit_and_loses_no_acknowledged_write() 
         let region = register(&path, 0, LEN, Access::ReadWrite).unwrap();
         let strategy = region.strategy();
         let mut events = region.events();
-        let peer = Arc::new(Peer::new(4096));
-        let g = Arc::new(peer.grant(&region));
+        let (qp, peer) = RemotePeer::connected_to(manager(), &env.peer.device, SLOT);
+        let g = region.grant(&qp).unwrap();
         let started = Arc::new(AtomicBool::new(false));
         let streamer = {
-            let (peer, g, started) = (peer.clone(), g.clone(), started.clone());
+            let (info, started) = (g.info(), started.clone());
             std::thread::spawn(move || {
                 let mut last_ok = 0usize;
                 for i in 0..LEN / SLOT {
-                    let st = peer.write_to(&g, (i * SLOT) as u64, &((i + 1) as u64).to_le_bytes());
+                    let data = ((i + 1) as u64).to_le_bytes();
+                    let st = peer.write(&info, (i * SLOT) as u64, &data).unwrap();
                     started.store(true, Ordering::Relaxed);
                     if st != WcStatus::Success {
                         return (last_ok, Some((i, st)));
