@@ -88,6 +88,7 @@ pub(super) fn write_back(
     let mut state = shadow.0.lock();
     let ShadowState { bytes: base, unsynced } = &mut *state;
     let mut file = vec![0u8; CHUNK.min(end.saturating_sub(start))];
+    let mut undo = Undo::default();
     let mut at = start;
     while at < end {
         let n = (end - at).min(CHUNK);
@@ -96,8 +97,15 @@ pub(super) fn write_back(
             let file_off = offset + at as u64;
             let merged = &mut file[..n];
             pread_full(fd, merged, file_off)?;
-            merge_from(map, at, merged, old)?;
-            pwrite_all(fd, merged, file_off)?;
+            undo.clear();
+            let written = merge_from(map, at, merged, old, &mut undo)
+                .and_then(|()| pwrite_all(fd, merged, file_off));
+            if let Err(e) = written {
+                // Not written: the shadow must still show these bytes as changed, so
+                // that the next write-back tries them again (and fails the same way).
+                undo.apply(old);
+                return Err(e);
+            }
             *unsynced = true;
         }
         at += n;
@@ -129,24 +137,60 @@ fn changed(map: &Mapping, at: usize, old: &[u8]) -> Result<bool, BuildError> {
     Ok(now[..tail.len()] != *tail)
 }
 
+/// The shadow's words (and tail bytes) a merge replaced, by offset: put back when the
+/// write that follows fails.
+#[derive(Default)]
+struct Undo {
+    words: Vec<(usize, u64)>,
+    bytes: Vec<(usize, u8)>,
+}
+
+impl Undo {
+    fn clear(&mut self) {
+        self.words.clear();
+        self.bytes.clear();
+    }
+
+    fn apply(&self, old: &mut [u8]) {
+        for &(i, w) in &self.words {
+            old[i..i + 8].copy_from_slice(&w.to_ne_bytes());
+        }
+        for &(i, b) in &self.bytes {
+            old[i] = b;
+        }
+    }
+}
+
 /// One pass over the copy's bytes `at..at + file.len()`: the bytes that differ from
 /// `old` are laid over `file` (the file's current bytes), and `old` takes the copy's
-/// bytes. Reading the copy once, as it is now, keeps `old` equal to what went into
-/// `file` even while a peer writes: a byte it changes after its word was read differs
-/// at the next write-back.
-fn merge_from(map: &Mapping, at: usize, file: &mut [u8], old: &mut [u8]) -> Result<(), BuildError> {
+/// bytes (what it replaced goes to `undo`). Reading the copy once, as it is now, keeps
+/// `old` equal to what went into `file` even while a peer writes: a byte it changes after
+/// its word was read differs at the next write-back.
+fn merge_from(
+    map: &Mapping,
+    at: usize,
+    file: &mut [u8],
+    old: &mut [u8],
+    undo: &mut Undo,
+) -> Result<(), BuildError> {
     let words = file.len() / 8;
     let mut f = file.chunks_exact_mut(8);
     let mut o = old.chunks_exact_mut(8);
-    for ((now, f), o) in map.words(at, words).map_err(BuildError::Map)?.zip(&mut f).zip(&mut o) {
-        f.copy_from_slice(&merge_word(word(f), now, word(o)).to_ne_bytes());
-        o.copy_from_slice(&now.to_ne_bytes());
+    let copy = map.words(at, words).map_err(BuildError::Map)?;
+    for (i, ((now, f), o)) in copy.zip(&mut f).zip(&mut o).enumerate() {
+        let was = word(o);
+        if now != was {
+            f.copy_from_slice(&merge_word(word(f), now, was).to_ne_bytes());
+            o.copy_from_slice(&now.to_ne_bytes());
+            undo.words.push((i * 8, was));
+        }
     }
     let (f, o) = (f.into_remainder(), o.into_remainder());
     let mut now = [0u8; 8];
     map.read_at(at + 8 * words, &mut now[..f.len()]).map_err(BuildError::Map)?;
-    for ((f, o), n) in f.iter_mut().zip(o.iter_mut()).zip(now) {
+    for (i, ((f, o), n)) in f.iter_mut().zip(o.iter_mut()).zip(now).enumerate() {
         if n != *o {
+            undo.bytes.push((8 * words + i, *o));
             *f = n;
             *o = n;
         }
@@ -205,6 +249,28 @@ mod tests {
     use crate::sys::Mapping;
 
     #[test]
+    fn a_write_back_that_fails_leaves_its_bytes_changed() {
+        use super::{Shadow, ShadowState, write_back};
+        use std::os::fd::AsFd;
+        let path = std::env::temp_dir().join(format!("filemr-wb-{}", std::process::id()));
+        std::fs::write(&path, [0u8; 100]).unwrap();
+        let ro = std::fs::File::open(&path).unwrap();
+        let map = Mapping::anonymous(100).unwrap();
+        map.write_at(3, &[7; 20]).unwrap();
+        let shadow =
+            Shadow(parking_lot::Mutex::new(ShadowState { bytes: vec![0; 100], unsynced: false }));
+        // A read-only fd: the pwrite fails.
+        let err = write_back(&map, &shadow, ro.as_fd(), 0, 0, 100).unwrap_err();
+        assert!(matches!(err, super::BuildError::Io("pwrite", _)), "{err:?}");
+        assert!(changed(&map, 0, &shadow.0.lock().bytes).unwrap(), "still to be written");
+        let rw = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        write_back(&map, &shadow, rw.as_fd(), 0, 0, 100).unwrap();
+        assert!(!changed(&map, 0, &shadow.0.lock().bytes).unwrap());
+        assert_eq!(std::fs::read(&path).unwrap()[3..23], [7; 20]);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
     fn a_change_is_seen_in_any_word_and_in_the_tail() {
         let map = Mapping::anonymous(4096).unwrap();
         let old = vec![0u8; 21];
@@ -222,8 +288,12 @@ mod tests {
         let map = Mapping::anonymous(now.len()).unwrap();
         map.write_at(0, now).unwrap();
         let mut old = old.to_vec();
-        merge_from(&map, 0, file, &mut old).unwrap();
+        let before = old.clone();
+        let mut undo = super::Undo::default();
+        merge_from(&map, 0, file, &mut old, &mut undo).unwrap();
         assert_eq!(old, now, "the shadow takes the copy's bytes");
+        undo.apply(&mut old);
+        assert_eq!(old, before, "undone, the shadow is as it was");
     }
 
     #[test]
