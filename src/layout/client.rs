@@ -11,6 +11,7 @@
 
 mod layout;
 mod poller;
+mod recall_pool;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -192,6 +193,8 @@ pub(crate) struct Inner {
     pub(crate) stop: AtomicBool,
     /// Wakes the poller's sleep (the client stopping).
     pub(crate) waker: super::sleep::Waker,
+    /// The threads that answer recalls.
+    pub(crate) recalls: recall_pool::RecallPool,
     // Dropped last, in this order: the identifier, then its channel.
     pub(crate) id: CmId,
     pub(crate) channel: Arc<CmChannel>,
@@ -388,6 +391,7 @@ impl LayoutClient {
             stop: AtomicBool::new(false),
             waker: super::sleep::Waker::new()
                 .map_err(|e| LayoutError::Config(format!("creating the poller's eventfd: {e}")))?,
+            recalls: recall_pool::RecallPool::default(),
             id,
             channel,
         });

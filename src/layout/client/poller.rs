@@ -104,11 +104,9 @@ fn on_frame(inner: &std::sync::Arc<Inner>, bytes: &[u8]) {
             }
             inner.push_event(&mut st, LayoutEvent::Recalled { layout, deadline });
             if inner.cfg.recall == RecallPolicy::Cooperate {
-                let inner = inner.clone();
-                let spawned = std::thread::Builder::new()
-                    .name("filemr-recall".into())
-                    .spawn(move || layout::answer_recall(&inner, layout, deadline));
-                if let Err(e) = spawned {
+                let answerer = inner.clone();
+                let job = Box::new(move || layout::answer_recall(&answerer, layout, deadline));
+                if let Err(e) = inner.recalls.run(job) {
                     tracing::error!(layout, error = %e, "cannot answer a recall");
                 }
             }
