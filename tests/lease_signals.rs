@@ -85,21 +85,34 @@ fn application_signal_handlers_keep_working_beside_the_lease_engine() {
     let path = dir.join("f");
     std::fs::write(&path, b"data").unwrap();
     let mut events = engine.subscribe();
+    // A writer opens `lease`'s file: its break arrives (the `Reacquired` of an earlier
+    // lease may come first), and is released.
+    let mut break_and_release = |lease: &filemr::lease::Lease| {
+        let path = lease.path().to_path_buf();
+        let mut writer = std::process::Command::new("sh")
+            .args(["-c", "exec 3>>\"$0\"", path.to_str().unwrap()])
+            .spawn()
+            .unwrap();
+        let ev = rt
+            .block_on(tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    match events.recv().await {
+                        Some(LeaseEvent::Reacquired { .. }) => {}
+                        other => break other,
+                    }
+                }
+            }))
+            .expect("a break within 10 s")
+            .expect("the engine's events");
+        assert!(
+            matches!(ev, LeaseEvent::Broken { file, via_rescan: false, .. } if file == lease.file_id()),
+            "{ev:?}"
+        );
+        engine.release(lease.file_id()).unwrap();
+        assert!(writer.wait().unwrap().success());
+    };
     let lease = engine.acquire(&path, LeaseKind::Read).unwrap();
-    let mut writer = std::process::Command::new("sh")
-        .args(["-c", "exec 3>>\"$0\"", path.to_str().unwrap()])
-        .spawn()
-        .unwrap();
-    let ev = rt
-        .block_on(tokio::time::timeout(Duration::from_secs(10), events.recv()))
-        .expect("a break within 10 s")
-        .expect("the engine's events");
-    assert!(
-        matches!(ev, LeaseEvent::Broken { file, via_rescan: false, .. } if file == lease.file_id()),
-        "{ev:?}"
-    );
-    engine.release(lease.file_id()).unwrap();
-    assert!(writer.wait().unwrap().success());
+    break_and_release(&lease);
     drop(lease);
     let stats = engine.stats();
     assert_eq!((stats.signals, stats.direct_signals), (1, 1), "taken on the break thread");
@@ -111,28 +124,7 @@ fn application_signal_handlers_keep_working_beside_the_lease_engine() {
     let lease = engine.acquire(&path, LeaseKind::Read).unwrap();
     // SAFETY: fcntl on the lease's live fd.
     assert_eq!(unsafe { libc::fcntl(lease.fd().as_raw_fd(), libc::F_SETOWN, libc::getpid()) }, 0);
-    let mut writer = std::process::Command::new("sh")
-        .args(["-c", "exec 3>>\"$0\"", path.to_str().unwrap()])
-        .spawn()
-        .unwrap();
-    // The first file's lease comes back meanwhile (`Reacquired`): skip to this break.
-    let ev = rt
-        .block_on(tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                match events.recv().await {
-                    Some(LeaseEvent::Reacquired { .. }) => {}
-                    other => break other,
-                }
-            }
-        }))
-        .expect("a break within 10 s")
-        .expect("the engine's events");
-    assert!(
-        matches!(ev, LeaseEvent::Broken { file, via_rescan: false, .. } if file == lease.file_id()),
-        "{ev:?}"
-    );
-    engine.release(lease.file_id()).unwrap();
-    assert!(writer.wait().unwrap().success());
+    break_and_release(&lease);
     let stats = engine.stats();
     assert_eq!((stats.signals, stats.direct_signals), (2, 1), "through the handler: {stats:?}");
     drop(lease);
