@@ -286,16 +286,8 @@ pub fn rebuild_in(rt: &tokio::runtime::Runtime, mgr: &Manager, d: &Path) -> Stri
             assert!(st.success());
             waker.join().unwrap()
         });
-        let rebuilt = rt.block_on(async {
-            loop {
-                let ev = tokio::time::timeout(Duration::from_secs(60), events.recv())
-                    .await
-                    .expect("Rebuilt in time")
-                    .unwrap();
-                if matches!(ev.kind, RegionEventKind::Rebuilt { .. }) {
-                    break ev.at;
-                }
-            }
+        let rebuilt = next_event(rt, &mut events, "Rebuilt", |ev| {
+            matches!(ev.kind, RegionEventKind::Rebuilt { .. }).then_some(ev.at)
         });
         let after = rebuilt
             .duration_since(woke)
@@ -310,6 +302,26 @@ pub fn rebuild_in(rt: &tokio::runtime::Runtime, mgr: &Manager, d: &Path) -> Stri
         m * 1e3,
         verdict(m <= 0.005)
     )
+}
+
+/// The first event `pick` takes something from, within a minute.
+fn next_event<T>(
+    rt: &tokio::runtime::Runtime,
+    events: &mut filemr::region::RegionEvents,
+    what: &str,
+    pick: impl Fn(&filemr::region::RegionEvent) -> Option<T>,
+) -> T {
+    rt.block_on(async {
+        loop {
+            let ev = tokio::time::timeout(Duration::from_secs(60), events.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{what} in time"))
+                .unwrap();
+            if let Some(t) = pick(&ev) {
+                break t;
+            }
+        }
+    })
 }
 
 /// Breaks of one idle region of `path` by the breaker, `ROUNDS` times, each waiting for the
@@ -327,26 +339,14 @@ fn idle_revocations(
     let (mut own, mut blocked) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         br.send(path);
-        let since = rt.block_on(async {
-            loop {
-                let ev = tokio::time::timeout(Duration::from_secs(60), events.recv())
-                    .await
-                    .expect("Revoked in time")
-                    .unwrap();
-                if let RegionEventKind::Revoked { since_break, .. } = ev.kind {
-                    break since_break;
-                }
-            }
+        let since = next_event(rt, &mut events, "Revoked", |ev| match ev.kind {
+            RegionEventKind::Revoked { since_break, .. } => Some(since_break),
+            _ => None,
         });
         own.push(since.as_secs_f64());
         blocked.push(br.blocked().as_secs_f64());
-        rt.block_on(async {
-            loop {
-                let ev = events.recv().await.unwrap();
-                if matches!(ev.kind, RegionEventKind::Rebuilt { .. }) {
-                    break;
-                }
-            }
+        next_event(rt, &mut events, "Rebuilt", |ev| {
+            matches!(ev.kind, RegionEventKind::Rebuilt { .. }).then_some(())
         });
     }
     (median(blocked), median(own))
