@@ -1,20 +1,25 @@
 //! The forced revocation path, in its own process: it lowers the system-wide
-//! `lease-break-time`, which would shorten every other test's deadline.
+//! `lease-break-time`, which would shorten every other test's deadline. The peer is on
+//! the other end of the veth link (the manager on the link's server device).
 
 #[path = "guest/mod.rs"]
 mod guest;
 #[path = "region_support/mod.rs"]
 mod region_support;
+#[path = "../examples/embed/remote_peer.rs"]
+mod remote_peer;
 
 use std::time::{Duration, Instant};
 
 use filemr::region::{Access, RegionEventKind, RevokeReason};
 use guest::{BreakTime, GuestEnv};
 use region_support::*;
+use remote_peer::RemotePeer;
 
 #[test]
 #[ignore = "needs rxe0 (SoftRoCE) as root: cargo xtask test runs it in the qemu guests"]
 fn guard_held_forever_is_forced_and_no_mr_remains() {
+    CONFIGURE.get_or_init(|| |c| c.device = guest::var("FILEMR_SERVER_DEVICE"));
     let env = GuestEnv::get();
     let _bt = BreakTime::set(2);
     for dir in [&env.pagecache_dir, &env.dax_dir] {
@@ -28,9 +33,9 @@ fn guard_held_forever_is_forced_and_no_mr_remains() {
         );
         let mut events = region.events();
         // A peer with a grant that never answers the recall.
-        let peer = Peer::new(4096);
-        let g = peer.grant(&region);
-        assert_eq!(peer.write_to(&g, 0, &[1; 64]), filemr::verbs::WcStatus::Success);
+        let (qp, peer) = RemotePeer::connected_to(manager(), &env.peer.device, 64);
+        let g = region.grant(&qp).unwrap();
+        assert_eq!(peer.write(&g.info(), 0, &[1; 64]).unwrap(), filemr::verbs::WcStatus::Success);
         let held = region.guard().unwrap();
         let stamp = guest::unique_path(&std::env::temp_dir(), "forced-stamp");
         let start = Instant::now();
@@ -51,7 +56,10 @@ fn guard_held_forever_is_forced_and_no_mr_remains() {
             mr_lines_with_lkey(info.lkey)
         );
         // The fenced grant's key fails.
-        assert_eq!(peer.write_to(&g, 0, &[2; 64]), filemr::verbs::WcStatus::RemoteAccess);
+        assert_eq!(
+            peer.write(&g.info(), 0, &[2; 64]).unwrap(),
+            filemr::verbs::WcStatus::RemoteAccess
+        );
         assert_eq!(g.state(), filemr::grant::GrantState::Fenced);
         // The breaker proceeds.
         wait_child(child, Duration::from_secs(10));

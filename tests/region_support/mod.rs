@@ -333,9 +333,11 @@ fn breaker_reexec_entry() {
 
 /// Lines of `rdma resource show mr` that carry `lkey`.
 pub fn mr_lines_with_lkey(lkey: u32) -> Vec<String> {
+    // Keys are per device: another device's MR may have the same one.
+    let dev = format!("dev {} ", manager().device());
     mr_lines()
         .into_iter()
-        .filter(|l| format!("{l} ").contains(&format!("lkey 0x{lkey:x} ")))
+        .filter(|l| l.contains(&dev) && format!("{l} ").contains(&format!("lkey 0x{lkey:x} ")))
         .collect()
 }
 
