@@ -84,7 +84,7 @@ fn run_qemu(
         .arg("-kernel")
         .arg(&k.vmlinuz)
         .arg("-initrd")
-        .arg(&initrd)
+        .arg(initrd)
         .arg("-append")
         .arg("console=ttyS0 panic=-1 loglevel=4 memmap=256M!1G memmap=256M!1280M memmap=320M!1536M")
         .arg("-serial")
