@@ -85,7 +85,7 @@ impl Link {
     /// Takes the notifications that came (after a sleep): the queue must be armed again.
     pub(crate) fn take_notifications(&self) {
         match self.notify.take_events() {
-            Ok(fired) if fired.is_empty() => {}
+            Ok(0) => {}
             Ok(_) => self.armed.store(false, Ordering::Release),
             Err(e) => {
                 tracing::warn!(error = %e, "reading a completion channel failed");

@@ -1,7 +1,6 @@
 //! The break thread: takes the lease signal (and the self-pipe's words), routes each
-//! break to its lease,
-//! rescans all leases with `F_GETLEASE` after a signal-queue overflow, and watches
-//! break deadlines for forced breaks.
+//! break to its lease, rescans all leases with `F_GETLEASE` after a signal-queue
+//! overflow, and watches break deadlines for forced breaks.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
@@ -14,7 +13,7 @@ use super::LeaseEvent;
 use super::engine::Inner;
 use super::entry::{Entry, LeaseKind, LeaseState};
 use crate::sys::lease::{self as raw, RawLease};
-use crate::sys::signal::{self, RESCAN_MARK, Taken};
+use crate::sys::signal::{self, RESCAN_MARK};
 
 /// Slack after the deadline before checking for a forced break.
 const FORCED_SLACK: Duration = Duration::from_millis(20);
@@ -68,8 +67,8 @@ fn run(weak: &Weak<Inner>, pipe: &OwnedFd, sig: libc::c_int) {
         let mut fds = Vec::new();
         let mut marked = false;
         match taken {
-            Taken::Break(fd) => fds.push(fd),
-            Taken::Other | Taken::Nothing => marked = drain(pipe, &mut buf, &mut fds),
+            Some(fd) => fds.push(fd),
+            None => marked = drain(pipe, &mut buf, &mut fds),
         }
         let rescan = signal::take_rescan() || marked;
         let Some(inner) = weak.upgrade() else {

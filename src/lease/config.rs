@@ -36,9 +36,12 @@ pub const LEASES_ENABLE: &str = "/proc/sys/fs/leases-enable";
 
 /// `/proc/sys/fs/lease-break-time`, 45 s when unreadable (the kernel default).
 pub fn lease_break_time() -> Duration {
-    std::fs::read_to_string(LEASE_BREAK_TIME)
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
+    break_time_of(std::fs::read_to_string(LEASE_BREAK_TIME).ok().as_deref())
+}
+
+/// The sysctl's text as a duration, 45 s when it could not be read or parsed.
+fn break_time_of(text: Option<&str>) -> Duration {
+    text.and_then(|s| s.trim().parse::<u64>().ok())
         .map_or(Duration::from_secs(45), Duration::from_secs)
 }
 
@@ -60,11 +63,8 @@ impl BreakTime {
         use std::os::unix::fs::FileExt;
         let Some(f) = &self.file else { return lease_break_time() };
         let mut buf = [0u8; 32];
-        f.read_at(&mut buf, 0)
-            .ok()
-            .and_then(|n| std::str::from_utf8(&buf[..n]).ok())
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .map_or(Duration::from_secs(45), Duration::from_secs)
+        let n = f.read_at(&mut buf, 0).unwrap_or(0);
+        break_time_of(std::str::from_utf8(&buf[..n]).ok())
     }
 }
 

@@ -145,7 +145,8 @@ impl LeaseEngine {
             },
             ClaimError::Sys(errno) => LeaseError::Setup { op: "sigaction", errno },
         })?;
-        // Started after the claim: the thread stops when the slot's write end closes.
+        // Started after the claim; it stops once the engine is gone (`Inner::drop` wakes
+        // it).
         let (weak_tx, weak_rx) = std::sync::mpsc::channel();
         let break_tid = break_thread::spawn(rd, sig, weak_rx).map_err(|e| LeaseError::Setup {
             op: "start the lease break thread",

@@ -49,10 +49,11 @@ const POLL: Duration = Duration::from_millis(1);
 /// Steps 1 to 7 for the regions of `file` (see the module documentation). `deadline` is
 /// the kernel's break deadline; `None` when the kernel already broke the lease. Called
 /// where the break is delivered (the lease engine's break thread, or a runtime worker
-/// for a forced break): steps 1 and 2 run there. A file with nothing to wait for (no
-/// guard held, no grant reaching it) and no rebuild under way is finished there too, on
-/// the break thread, which releases the lease with no hop through the runtime; otherwise
-/// the wait and steps 4 to 7 go to the runtime.
+/// for a forced break): step 1 runs there. A file with nothing to wait for (no guard
+/// held, no grant reaching it), few and small regions ([`INLINE_REGIONS`],
+/// [`INLINE_BYTES`]) and no rebuild under way is finished there too, on the break
+/// thread, which releases the lease with no hop through the runtime; otherwise step 2
+/// runs there and the wait and steps 4 to 7 go to the runtime.
 pub(crate) fn revoke_file(
     mgr: Arc<ManagerInner>,
     rt: &Handle,

@@ -104,21 +104,15 @@ pub(crate) fn become_break_thread(sig: libc::c_int) -> Result<libc::pid_t, Errno
     Ok(tid)
 }
 
-/// What [`wait`] took.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Taken {
-    /// A lease break signalled by the kernel, for this lease fd.
-    Break(libc::c_int),
-    /// The signal without a lease fd: the handler's wake-up, a user's signal (look at
-    /// the pipe and the rescan flag).
-    Other,
-    /// Nothing within the timeout, or an interruption (a `SIGIO` handled on this thread).
-    Nothing,
-}
-
 /// Waits up to `timeout` for `sig`, blocked in the calling thread (see
-/// [`become_break_thread`]).
-pub(crate) fn wait(sig: libc::c_int, timeout: std::time::Duration) -> Result<Taken, Errno> {
+/// [`become_break_thread`]). `Some(fd)`: a lease break the kernel signalled for this
+/// lease fd. `None`: anything else (the signal without a lease fd, the handler's wake-up
+/// or a user's; the timeout; an interruption by a `SIGIO` handled on this thread): look
+/// at the pipe and the rescan flag.
+pub(crate) fn wait(
+    sig: libc::c_int,
+    timeout: std::time::Duration,
+) -> Result<Option<libc::c_int>, Errno> {
     let set = sigset_of(sig);
     let ts = libc::timespec {
         tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
@@ -134,12 +128,12 @@ pub(crate) fn wait(sig: libc::c_int, timeout: std::time::Duration) -> Result<Tak
             if code > 0 && fd >= 0 {
                 N_LEASE_SIGNALS.fetch_add(1, Ordering::Relaxed);
                 N_DIRECT.fetch_add(1, Ordering::Relaxed);
-                Ok(Taken::Break(fd))
+                Ok(Some(fd))
             } else {
-                Ok(Taken::Other)
+                Ok(None)
             }
         }
-        Err(Errno::EAGAIN | Errno::EINTR) => Ok(Taken::Nothing),
+        Err(Errno::EAGAIN | Errno::EINTR) => Ok(None),
         Err(e) => Err(e),
     }
 }

@@ -55,10 +55,10 @@ impl CompChannel {
     }
 
     /// Takes every pending notification without blocking and acknowledges it. Returns
-    /// the [`CompletionQueue::id`]s of the queues that fired: each is disarmed until
+    /// how many there were: each queue that fired is disarmed until
     /// [`CompletionQueue::arm`] is called again.
-    pub fn take_events(&self) -> VerbsResult<Vec<usize>> {
-        let mut fired = Vec::new();
+    pub fn take_events(&self) -> VerbsResult<usize> {
+        let mut fired = 0;
         loop {
             let mut cq: *mut ffi::ibv_cq = std::ptr::null_mut();
             let mut cq_ctx: *mut std::ffi::c_void = std::ptr::null_mut();
@@ -75,7 +75,7 @@ impl CompChannel {
             // taken and acknowledged before it is destroyed: this thread does both, or
             // the kernel dropped them with the queue); one event, acknowledged once.
             unsafe { ffi::ibv_ack_cq_events(cq, 1) };
-            fired.push(cq as usize);
+            fired += 1;
         }
     }
 }
@@ -111,10 +111,5 @@ impl CompletionQueue {
             return Err(VerbsError::from_ret("ibv_req_notify_cq", ret, ""));
         }
         Ok(())
-    }
-
-    /// An identifier of the queue, as [`CompChannel::take_events`] reports it.
-    pub fn id(&self) -> usize {
-        self.as_raw() as usize
     }
 }
